@@ -1,0 +1,31 @@
+# Quick start: `make demo` and `make test` create .venv when needed and install what they need.
+# torch is pinned: an unpinned torch pulls gigabytes of CUDA packages; 2.13.0 resolves to a CPU
+# wheel here. GPU users install their CUDA build of torch first; `pip install -e .` keeps it.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv test demo bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+demo: $(STAMP)
+	$(VENV)/bin/simclr demo --out runs/demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/throughput.py
+
+clean:
+	rm -rf runs .pytest_cache build *.egg-info src/*.egg-info

@@ -1,0 +1,105 @@
+"""Checkpoints: full training state (torch, loaded with weights_only) and encoder weights (safetensors).
+
+Files are written to a temporary file in the same folder, fsynced and renamed, so a crash while
+saving leaves the previous file intact. Loading never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+__all__ = ["CheckpointError", "atomic_write", "save_checkpoint", "load_checkpoint", "save_encoder", "load_encoder", "find_checkpoint"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or does not fit the model."""
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call ``write(tmp_path)`` then move the result to ``path`` atomically (same filesystem)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Save a training state (tensors, numbers, strings, nested dicts/lists) atomically."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, given the file itself or a run folder holding checkpoint.pt."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "checkpoint.pt"
+    if not p.is_file():
+        raise CheckpointError(f"no checkpoint at {path} (expected a run folder with checkpoint.pt, or a .pt file)")
+    return p
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint without executing code (``weights_only=True``)."""
+    p = find_checkpoint(path)
+    try:
+        return torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle errors, truncated files, forbidden globals
+        raise CheckpointError(f"cannot load checkpoint {p}: {str(e).splitlines()[0]}") from None
+
+
+def save_encoder(encoder: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write the encoder's state_dict (torchvision names) as safetensors."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata or {}))
+
+
+def load_encoder(path: str | Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def load_pretrained_encoder(run: str | Path):
+    """The encoder of a pretraining run (folder or checkpoint.pt) and its metadata.
+
+    Returns (encoder in eval mode, {"arch", "width", "cifar_stem", "image_size", "epoch"}).
+    """
+    from simclr.models import ARCHITECTURES, build_encoder
+
+    state = load_checkpoint(run)
+    try:
+        cfg = state["config"]
+        m = cfg["model"]
+        meta = {"arch": m["arch"], "width": float(m["width"]), "cifar_stem": bool(m["cifar_stem"]),
+                "image_size": int(cfg["data"]["image_size"]), "epoch": int(state["epoch"])}
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{run} is not a simclr pretraining checkpoint") from None
+    if meta["arch"] not in ARCHITECTURES:
+        raise CheckpointError(f"{run}: unknown architecture {meta['arch']!r}")
+    encoder = build_encoder(meta["arch"], width=meta["width"], cifar_stem=meta["cifar_stem"])
+    weights = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
+    try:
+        encoder.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CheckpointError(f"{run}: encoder weights do not fit {meta['arch']}: {str(e).splitlines()[0]}") from None
+    return encoder.eval(), meta

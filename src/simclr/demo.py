@@ -1,0 +1,68 @@
+"""A laptop-sized demonstration: SimCLR on the built-in synthetic shapes, no download.
+
+Pretrains a small ResNet-18 for a minute or two on CPU, then compares the kNN accuracy of its
+representation with that of a randomly initialised copy on held-out images, and draws the loss
+curve and a grid of augmented view pairs into the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from simclr.config import Config, apply_overrides
+from simclr.engine import build_augment, pretrain
+from simclr.eval import knn_evaluate
+from simclr.plots import plot_metrics, plot_view_pairs
+
+__all__ = ["DEMO_OVERRIDES", "run_demo"]
+
+# Small enough for two CPU cores; everything else is the paper's CIFAR-style default.
+DEMO_OVERRIDES = [
+    ("data.path", "synthetic"),
+    ("data.synthetic_train", "4000"),
+    ("data.synthetic_test", "1000"),
+    ("model.arch", "resnet18"),
+    ("model.width", "0.25"),
+    ("train.batch_size", "256"),
+    ("train.epochs", "6"),
+    ("monitor.knn_every", "2"),
+    ("monitor.online_linear", "true"),
+]
+
+
+def run_demo(out: str = "runs/demo", device: str = "auto", epochs: int | None = None, log=print) -> dict:
+    """Pretrain on synthetic shapes and report kNN top-1 of the trained and a random encoder."""
+    cfg = apply_overrides(Config(), DEMO_OVERRIDES + [("train.out", out), ("train.device", device)])
+    if epochs is not None:
+        cfg.train.epochs = epochs
+    log(f"pretraining {cfg.model.arch} (width {cfg.model.width}) on {cfg.data.synthetic_train} synthetic images -> {out}")
+    run = pretrain(cfg, log=log)
+    common = dict(train_spec="synthetic", test_spec="synthetic:test", device=device)
+    trained = knn_evaluate(checkpoint=str(run), **common)
+    random = knn_evaluate(checkpoint=None, arch=cfg.model.arch, width=cfg.model.width, seed=cfg.train.seed, **common)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    plot_metrics(records, run / "metrics.png")
+    from simclr.config import load_config, resolve
+    from simclr.data import synthetic_images
+
+    resolved = resolve(load_config(run / "config.yaml"), 32)
+    sample = synthetic_images(8, seed=1)
+    plot_view_pairs(sample.images, build_augment(resolved), run / "views.png")
+    res = {
+        "trained_top1": trained["top1"],
+        "random_init_top1": random["top1"],
+        "gain": trained["top1"] - random["top1"],
+        "run": str(run),
+        "plots": [str(run / "metrics.png"), str(run / "views.png")],
+    }
+    (Path(run) / "demo.json").write_text(json.dumps(res, indent=2) + "\n")
+    log(f"kNN top-1 on held-out synthetic images: trained {res['trained_top1']:.3f}  random init {res['random_init_top1']:.3f}")
+    return res
+
+
+if __name__ == "__main__":  # pragma: no cover
+    torch.set_num_threads(torch.get_num_threads())
+    print(json.dumps(run_demo()))

@@ -1,0 +1,336 @@
+"""The pretraining loop.
+
+One step: slice a uint8 batch -> move it to the device -> two independent augmentations there ->
+encoder + head on the 2N views -> NT-Xent (+ online probe) -> backward -> optimiser with the
+per-step learning rate. Per epoch: a metrics.jsonl line, a checkpoint of the full state and the
+encoder's weights. The random state of a step is a function of (seed, step), so a resumed run
+continues exactly where the saved one stood.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from simclr.augment import SimCLRAugment
+from simclr.builder import SimCLR, build_simclr
+from simclr.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_encoder
+from simclr.config import Config, ConfigError, config_to_dict, resolve, save_config, validate
+from simclr.data import Batches, ImageSet, load_dataset
+from simclr.eval import extract_features, knn_accuracy
+from simclr.optim import build_optimizer, scaled_lr, set_lr, warmup_cosine, warmup_steps_for
+
+__all__ = ["pick_device", "build_augment", "build_model", "Trainer", "pretrain", "load_data"]
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' -> cuda if available, else mps, else cpu."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device '{name}' is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is cuda but no CUDA GPU is available; use --device cpu")
+    return dev
+
+
+def autocast_for(device: torch.device, precision: str):
+    """Mixed precision context: bf16 on CUDA by default, fp32 elsewhere."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext(), precision
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype), precision
+
+
+def build_augment(cfg: Config) -> SimCLRAugment:
+    a = cfg.augment
+    return SimCLRAugment(
+        image_size=cfg.data.image_size,
+        crop=a.crop,
+        crop_scale=tuple(a.crop_scale),
+        crop_ratio=tuple(a.crop_ratio),
+        flip_p=a.flip_p if a.flip else 0.0,
+        color_strength=a.color_strength if a.color else 0.0,
+        color_p=a.color_p if a.color else 0.0,
+        gray_p=a.gray_p if a.grayscale else 0.0,
+        blur_p=a.blur_p if a.blur else 0.0,
+        blur_sigma=tuple(a.blur_sigma),
+        blur_kernel_frac=a.blur_kernel_frac,
+    )
+
+
+def build_model(cfg: Config, num_classes: int = 0) -> SimCLR:
+    m, h = cfg.model, cfg.head
+    return build_simclr(
+        m.arch, m.width, bool(m.cifar_stem), h.num_layers, h.hidden_dim, h.out_dim, h.bn,
+        float(cfg.loss.temperature), num_classes, m.zero_init_residual,
+    )
+
+
+def load_data(spec: str, cfg: Config) -> ImageSet:
+    d = cfg.data
+    return load_dataset(spec, d.image_size, d.data_dir, d.max_per_class, d.in_memory_max_side, d.synthetic_train, d.synthetic_test)
+
+
+@dataclass
+class StepStats:
+    loss: torch.Tensor
+    acc: torch.Tensor
+    online_loss: torch.Tensor
+    online_acc: torch.Tensor
+    n: int = 0
+
+    @classmethod
+    def zeros(cls, device) -> "StepStats":
+        z = lambda: torch.zeros((), device=device)  # noqa: E731
+        return cls(z(), z(), z(), z())
+
+    def add(self, out: dict[str, torch.Tensor]) -> None:
+        # Accumulated on the device: no host sync per step.
+        self.loss += out["contrastive_loss"].float()
+        self.acc += out["contrastive_acc"].float()
+        if "online_loss" in out:
+            self.online_loss += out["online_loss"].float()
+            self.online_acc += out["online_acc"].float()
+        self.n += 1
+
+
+class Trainer:
+    """Holds everything a pretraining run needs; ``fit()`` runs it.
+
+    Args:
+        cfg: a resolved, validated config (``resolve`` then ``validate``).
+        train: the training images; labels, when known, feed the online probe and the kNN monitor.
+        val: optional labelled images for the kNN monitor (else leave-one-out on ``train``).
+        log: a callable for human-readable lines (the CLI passes print).
+    """
+
+    def __init__(self, cfg: Config, train: ImageSet, val: ImageSet | None = None, log=print):
+        self.cfg, self.train_set, self.val_set, self.log = cfg, train, val, log
+        t = cfg.train
+        self.device = pick_device(t.device)
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        torch.manual_seed(t.seed)
+        self.out = Path(t.out)
+        self.num_classes = len(train.classes) if (train.has_labels and cfg.monitor.online_linear) else 0
+        self.model = build_model(cfg, self.num_classes).to(self.device)
+        if t.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.augment = build_augment(cfg)
+        self.batches = Batches(train, t.batch_size, t.seed, cfg.data.num_workers)
+        self.steps_per_epoch = len(self.batches)
+        self.total_steps = self.steps_per_epoch * t.epochs
+        o = cfg.optim
+        self.peak_lr = scaled_lr(float(o.base_lr), t.batch_size, o.lr_scaling)
+        self.warmup_steps = warmup_steps_for(o.warmup_epochs, self.steps_per_epoch, self.total_steps, o.warmup_max_fraction)
+        self.optimizer = build_optimizer(o.name, self.model, self.peak_lr, float(o.weight_decay), o.momentum, o.eta)
+        self.autocast, self.precision = autocast_for(self.device, t.precision)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        self.forward = torch.compile(self.model) if t.compile else self.model
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimiser steps completed
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "format": "simclr-checkpoint-v1",
+            "config": config_to_dict(self.cfg),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else {},
+            "epoch": self.epoch,
+            "step": self.step,
+            "num_classes": self.num_classes,
+            "classes": list(self.train_set.classes),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = state.get("config", {}).get("model", {})
+        mine = config_to_dict(self.cfg)["model"]
+        for key in ("arch", "width", "cifar_stem"):
+            if saved.get(key) != mine.get(key):
+                raise CheckpointError(
+                    f"the checkpoint was trained with model.{key}={saved.get(key)!r}, this run has {mine.get(key)!r}; "
+                    "resume with the same model settings or start a new --out folder"
+                )
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"the checkpoint does not fit this model: {str(e).splitlines()[0]}") from None
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+
+    def save(self) -> None:
+        save_checkpoint(self.state_dict(), self.out / "checkpoint.pt")
+        meta = {"arch": self.cfg.model.arch, "width": str(self.cfg.model.width), "cifar_stem": str(self.cfg.model.cifar_stem),
+                "image_size": str(self.cfg.data.image_size), "epoch": str(self.epoch)}
+        save_encoder(self.model.encoder, self.out / "encoder.safetensors", meta)
+
+    # -- one step ---------------------------------------------------------------------------
+    def _generator(self) -> torch.Generator:
+        # Seeded by the global step so that resuming reproduces the augmentations exactly.
+        g = torch.Generator(device=self.device)
+        g.manual_seed(self.cfg.train.seed * 1_000_003 + self.step + 7)
+        return g
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimisation step on uint8 images x (B, 3, H, W) and labels y (B,)."""
+        lr = warmup_cosine(self.step, self.total_steps, self.warmup_steps, self.peak_lr)
+        set_lr(self.optimizer, lr)
+        x = x.to(self.device, non_blocking=True)
+        g = self._generator()
+        v1, v2 = self.augment(x, g), self.augment(x, g)
+        if self.cfg.train.channels_last:
+            v1 = v1.contiguous(memory_format=torch.channels_last)
+            v2 = v2.contiguous(memory_format=torch.channels_last)
+        labels = y.to(self.device, non_blocking=True) if self.num_classes else None
+        with self.autocast:
+            out = self.forward(v1, v2, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler:
+            self.scaler.scale(out["loss"]).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            out["loss"].backward()
+            self.optimizer.step()
+        self.step += 1
+        out["lr"] = torch.tensor(lr)
+        return out
+
+    # -- monitoring -------------------------------------------------------------------------
+    def knn_monitor(self) -> dict[str, float]:
+        mon, size = self.cfg.monitor, self.cfg.data.image_size
+        bank = self.train_set
+        if len(bank) > mon.knn_max_images:
+            g = torch.Generator().manual_seed(0)
+            bank = bank.subset(torch.randperm(len(bank), generator=g)[: mon.knn_max_images].sort().values)
+        enc = self.model.encoder
+        feats = extract_features(enc, bank.get, len(bank), size, self.device, channels_last=self.cfg.train.channels_last)
+        if self.val_set is not None and self.val_set.has_labels:
+            vf = extract_features(enc, self.val_set.get, len(self.val_set), size, self.device, channels_last=self.cfg.train.channels_last)
+            res = knn_accuracy(feats, bank.labels, vf, self.val_set.labels, len(bank.classes), mon.knn_k, mon.knn_temperature)
+        else:
+            res = knn_accuracy(feats, bank.labels, None, None, len(bank.classes), mon.knn_k, mon.knn_temperature)
+        return {"knn_top1": res["top1"], "knn_top5": res["top5"]}
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self) -> list[dict]:
+        """Train from the current epoch to ``train.epochs``; returns the metrics of the new epochs."""
+        cfg, t = self.cfg, self.cfg.train
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.out / "config.yaml")
+        metrics_path = self.out / "metrics.jsonl"
+        if self.epoch == 0 and metrics_path.exists():
+            metrics_path.unlink()
+        elif metrics_path.exists():  # drop lines of epochs after the checkpoint (a crash after logging)
+            lines = [ln for ln in metrics_path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= self.epoch]
+            metrics_path.write_text("".join(ln + "\n" for ln in lines))
+        history = []
+        self.model.train()
+        bs = t.batch_size
+        for epoch in range(self.epoch, t.epochs):
+            stats = StepStats.zeros(self.device)
+            bar = _progress(self.steps_per_epoch, f"epoch {epoch + 1}/{t.epochs}", t.progress)
+            start = time.perf_counter()
+            for i, (x, y, _) in enumerate(self.batches.epoch(epoch)):
+                out = self.train_step(x, y)
+                stats.add(out)
+                if bar is not None:
+                    bar.update(1)
+                    if i % 10 == 0 or i == self.steps_per_epoch - 1:
+                        bar.set_postfix(loss=f"{out['contrastive_loss'].item():.3f}", lr=f"{out['lr'].item():.3g}")
+            loss = (stats.loss / max(1, stats.n)).item()  # the one host sync of the epoch
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            elapsed = time.perf_counter() - start
+            if bar is not None:
+                bar.close()
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"the loss became {loss} in epoch {epoch + 1}; the last good checkpoint is kept. "
+                    "Lower optim.base_lr or use train.precision fp32"
+                )
+            self.epoch = epoch + 1
+            rec = {
+                "epoch": self.epoch,
+                "step": self.step,
+                "loss": loss,
+                "contrastive_acc": (stats.acc / stats.n).item(),
+                "lr": warmup_cosine(self.step - 1, self.total_steps, self.warmup_steps, self.peak_lr),
+                "epoch_time": elapsed,
+                "images_per_sec": stats.n * bs / elapsed,
+            }
+            if self.num_classes:
+                rec["online_loss"] = (stats.online_loss / stats.n).item()
+                rec["online_acc"] = (stats.online_acc / stats.n).item()
+            due = cfg.monitor.knn_every and (self.epoch % cfg.monitor.knn_every == 0 or self.epoch == t.epochs)
+            if due and self.train_set.has_labels:
+                k0 = time.perf_counter()
+                rec.update(self.knn_monitor())
+                rec["knn_time"] = time.perf_counter() - k0
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            history.append(rec)
+            self.log(_format(rec))
+            if self.epoch % t.checkpoint_every == 0 or self.epoch == t.epochs:
+                self.save()
+        return history
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _format(rec: dict) -> str:
+    parts = [f"epoch {rec['epoch']}", f"loss {rec['loss']:.4f}", f"acc {rec['contrastive_acc']:.3f}", f"lr {rec['lr']:.4g}",
+             f"{rec['images_per_sec']:.0f} img/s"]
+    if "online_acc" in rec:
+        parts.append(f"online {rec['online_acc']:.3f}")
+    if "knn_top1" in rec:
+        parts.append(f"knn {rec['knn_top1']:.3f}")
+    return "  ".join(parts)
+
+
+def pretrain(cfg: Config, log=print) -> Path:
+    """Run SimCLR pretraining as configured; returns the run folder.
+
+    Loads the data, resolves the auto keys from the image size, validates, then trains (resuming
+    from RUN/checkpoint.pt with ``train.resume``).
+    """
+    validate(cfg)
+    train = load_data(cfg.data.path, cfg)
+    image_size = cfg.data.image_size or train.side if train.images is not None else (cfg.data.image_size or 224)
+    cfg = resolve(cfg, image_size)
+    validate(cfg)
+    val = load_data(cfg.data.val_path, cfg) if cfg.data.val_path else None
+    trainer = Trainer(cfg, train, val, log)
+    ckpt = Path(cfg.train.out) / "checkpoint.pt"
+    if cfg.train.resume:
+        if not ckpt.is_file():
+            raise CheckpointError(f"--resume given but {ckpt} does not exist")
+        trainer.load_state_dict(load_checkpoint(ckpt, map_location=trainer.device))
+        log(f"resumed from {ckpt} at epoch {trainer.epoch}")
+    trainer.fit()
+    return Path(cfg.train.out)

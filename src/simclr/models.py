@@ -1,0 +1,200 @@
+"""ResNet encoders f(.) with torchvision-compatible parameter names.
+
+The encoder returns the representation h: the global-average-pooled output of the last stage.
+Parameter names and shapes equal torchvision's ``resnetNN`` (without ``fc``) at width 1 with the
+standard stem, so weights move between the two with a plain ``load_state_dict``.
+
+Width multipliers scale every convolution (the paper's ResNet-50 (2x), (4x)); fractional widths
+such as 0.25 give small models for CPU runs. Images of 32px or less use the CIFAR stem
+(3x3 conv, stride 1, no max-pool), as in the paper's appendix B.9.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+__all__ = [
+    "ResNet",
+    "BasicBlock",
+    "Bottleneck",
+    "ARCHITECTURES",
+    "build_encoder",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+]
+
+
+def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+
+
+def _conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut."""
+
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = _conv3x3(cin, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (carrying the stride, as torchvision's v1.5), 1x1 expand by 4."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = _conv1x1(cin, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = _conv1x1(planes, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    """ResNet trunk returning h of shape (B, num_features) from images (B, 3, H, W).
+
+    Args:
+        block: BasicBlock or Bottleneck.
+        layers: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
+        width: channel multiplier (1, 2, 4 as in the paper; fractions for small runs).
+        cifar_stem: 3x3 stride-1 first convolution and no max-pool (for images of 32px or less).
+        zero_init_residual: start each block's last BN gamma at 0, so every block begins as the
+            identity; this stabilises large-batch training (Goyal et al., 2017; the paper's code).
+    """
+
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: tuple[int, int, int, int],
+        width: float = 1.0,
+        cifar_stem: bool = False,
+        zero_init_residual: bool = True,
+    ):
+        super().__init__()
+        if width <= 0:
+            raise ValueError(f"width must be > 0, got {width}")
+        base = max(1, int(round(64 * width)))
+        self.width = width
+        self.cifar_stem = cifar_stem
+        self.inplanes = base
+        if cifar_stem:
+            self.conv1 = nn.Conv2d(3, base, 3, stride=1, padding=1, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(3, base, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(base)
+        self.relu = nn.ReLU(inplace=True)
+        # Identity keeps the module tree (and so the state_dict) the same for both stems.
+        self.maxpool = nn.Identity() if cifar_stem else nn.MaxPool2d(3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block, base, layers[0], 1)
+        self.layer2 = self._make_layer(block, base * 2, layers[1], 2)
+        self.layer3 = self._make_layer(block, base * 4, layers[2], 2)
+        self.layer4 = self._make_layer(block, base * 8, layers[3], 2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.num_features = base * 8 * block.expansion
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, (BasicBlock, Bottleneck)):
+                    nn.init.zeros_(m.last_bn().weight)
+
+    def _make_layer(self, block, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                _conv1x1(self.inplanes, planes * block.expansion, stride),
+                nn.BatchNorm2d(planes * block.expansion),
+            )
+        mods = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        mods += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*mods)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> last feature map (B, num_features, H', W')."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> h (B, num_features)."""
+        return torch.flatten(self.avgpool(self.forward_features(x)), 1)
+
+
+_SPECS: dict[str, tuple[type, tuple[int, int, int, int]]] = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2)),
+    "resnet34": (BasicBlock, (3, 4, 6, 3)),
+    "resnet50": (Bottleneck, (3, 4, 6, 3)),
+    "resnet101": (Bottleneck, (3, 4, 23, 3)),
+    "resnet152": (Bottleneck, (3, 8, 36, 3)),
+}
+
+ARCHITECTURES: tuple[str, ...] = tuple(_SPECS)
+
+
+def _constructor(name: str) -> Callable[..., ResNet]:
+    block, layers = _SPECS[name]
+
+    def make(width: float = 1.0, cifar_stem: bool = False, zero_init_residual: bool = True) -> ResNet:
+        return ResNet(block, layers, width=width, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual)
+
+    make.__name__ = name
+    make.__doc__ = f"{name} encoder; returns h of shape (B, num_features)."
+    return make
+
+
+resnet18 = _constructor("resnet18")
+resnet34 = _constructor("resnet34")
+resnet50 = _constructor("resnet50")
+resnet101 = _constructor("resnet101")
+resnet152 = _constructor("resnet152")
+
+
+def build_encoder(arch: str, width: float = 1.0, cifar_stem: bool = False, zero_init_residual: bool = True) -> ResNet:
+    """Build an encoder by registry name (one of ``ARCHITECTURES``)."""
+    if arch not in _SPECS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    return _constructor(arch)(width=width, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual)

@@ -1,0 +1,36 @@
+import os
+from pathlib import Path
+
+import pytest
+
+CIFAR_JPEG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    # Never touch the user's cache; tests that need CIFAR archives serve their own.
+    monkeypatch.setenv("SIMCLR_DATA_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def cifar_jpeg() -> Path:
+    if not CIFAR_JPEG.is_dir():
+        pytest.skip(f"{CIFAR_JPEG} is not present")
+    return CIFAR_JPEG
+
+
+def write_folder(root: Path, per_class: int = 6, classes=("a", "b"), size=(12, 12), mode="RGB", seed=0) -> Path:
+    """A small labelled image folder of random pictures."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(arr).convert(mode).save(root / c / f"{i:03d}.png")
+    return root
+
+
+os.environ.setdefault("MPLBACKEND", "Agg")

@@ -1,0 +1,147 @@
+"""End to end through the command line, on tiny synthetic data (seconds each)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import write_folder
+from simclr.cli import main
+
+TINY = ["--data", "synthetic", "--data.synthetic_train", "96", "--data.synthetic_test", "40", "--data.image_size", "16",
+        "--arch", "resnet18", "--width", "0.125", "--batch-size", "32", "--device", "cpu", "--train.progress", "false",
+        "--monitor.knn_every", "1"]
+
+
+def test_pretrain_writes_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["pretrain", *TINY, "--epochs", "2", "--out", str(out), "--loss.temperature", "0.2"]) == 0
+    for f in ("config.yaml", "checkpoint.pt", "encoder.safetensors", "metrics.jsonl"):
+        assert (out / f).is_file(), f
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    for key in ("loss", "contrastive_acc", "lr", "epoch_time", "images_per_sec", "online_acc", "knn_top1"):
+        assert key in lines[0], key
+    assert "temperature: 0.2" in (out / "config.yaml").read_text()
+    assert "cifar_stem: true" in (out / "config.yaml").read_text()  # auto keys are saved resolved
+
+    # kNN of the checkpoint and of a random encoder, JSON last
+    capsys.readouterr()
+    assert main(["knn", "--checkpoint", str(out), "--train-data", "synthetic", "--test-data", "synthetic:test", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 <= res["top1"] <= 1 and res["num_test"] == 1000 and res["image_size"] == 16
+    assert (out / "knn.json").is_file()
+    assert main(["knn", "--random-init", "--arch", "resnet18", "--width", "0.125", "--train-data", "synthetic",
+                 "--test-data", "synthetic:test", "--json", "--image-size", "16"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["encoder"] == "random-init"
+
+
+def test_config_file_and_override_precedence(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("loss:\n  temperature: 0.7\ntrain:\n  epochs: 5\n")
+    out = tmp_path / "run"
+    assert main(["pretrain", "--config", str(recipe), *TINY, "--epochs", "1", "--out", str(out)]) == 0
+    text = (out / "config.yaml").read_text()
+    assert "temperature: 0.7" in text and "epochs: 1" in text
+
+
+def _run_cli(args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "simclr", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["pretrain", "--data", "/definitely/not/here"], "does not exist"),
+    (["pretrain", "--data", "synthetic", "--loss.temprature", "0.1"], "did you mean 'loss.temperature'"),
+    (["pretrain", "--data", "synthetic", "--loss.temperature", "0"], "temperature must be > 0"),
+    (["pretrain", "--data", "synthetic", "--batch-size", "1"], "batch_size must be >= 2"),
+    (["pretrain", "--data", "synthetic", "--arch", "resnet19"], "unknown"),
+    (["pretrain", "--data", "synthetic", "--width", "-1"], "width must be > 0"),
+    (["pretrain", "--data", "synthetic", "--optim.base_lr", "-1"], "base_lr must be >= 0"),
+    (["pretrain", "--data", "synthetic", "--data.synthetic_train", "8", "--batch-size", "16", "--device", "cpu"], "fewer than one batch"),
+    (["pretrain", "--data", "synthetic", "--config", "/no/such.yaml"], "not found"),
+    (["pretrain", "--data", "synthetic", "--bogus", "1"], "unknown option --bogus"),
+    (["knn", "--checkpoint", "/no/run", "--train-data", "synthetic", "--test-data", "synthetic:test"], "no checkpoint"),
+])
+def test_misuse_exits_2_with_one_line(args, msg):
+    r = _run_cli(args)
+    assert r.returncode == 2, r.stderr
+    assert msg in r.stderr
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_resume_after_kill_continues(tmp_path):
+    """Acceptance check 7: killed after epoch 3, `--resume` continues from epoch 4."""
+    out = tmp_path / "run"
+    args = [*TINY, "--data.synthetic_train", "1024", "--monitor.knn_every", "0", "--epochs", "6", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "simclr", "pretrain", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    from simclr.checkpoint import load_checkpoint
+
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        ck = out / "checkpoint.pt"
+        if ck.exists() and load_checkpoint(ck)["epoch"] >= 3:
+            break
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    epoch_at_kill = load_checkpoint(out / "checkpoint.pt")["epoch"]
+    assert epoch_at_kill == 3, "the run should have been killed during epoch 4"
+    r = _run_cli(["pretrain", *args, "--resume"])
+    assert r.returncode == 0, r.stderr
+    assert "resumed from" in r.stdout and "at epoch 3" in r.stdout
+    assert "epoch 4 " in r.stdout and "epoch 1 " not in r.stdout
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3, 4, 5, 6]
+    final = load_checkpoint(out / "checkpoint.pt")
+    assert final["epoch"] == 6 and final["step"] == 6 * (1024 // 32)
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path):
+    r = _run_cli(["pretrain", *TINY, "--epochs", "1", "--out", str(tmp_path / "none"), "--resume"])
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_pretrain_on_unlabelled_folder(tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    from PIL import Image
+
+    for i in range(40):
+        Image.new("RGB", (16, 16), (i * 5, 255 - i * 5, 0)).save(flat / f"{i}.png")
+    out = tmp_path / "run"
+    assert main(["pretrain", "--data", str(flat), "--arch", "resnet18", "--width", "0.125", "--batch-size", "16", "--epochs", "1",
+                 "--device", "cpu", "--train.progress", "false", "--out", str(out)]) == 0
+    rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert "online_acc" not in rec and "knn_top1" not in rec
+
+
+def test_labelled_folder_with_val(tmp_path):
+    write_folder(tmp_path / "tr", per_class=24, classes=("a", "b", "c"), size=(16, 16))
+    write_folder(tmp_path / "va", per_class=4, classes=("a", "b", "c"), size=(16, 16), seed=1)
+    out = tmp_path / "run"
+    assert main(["pretrain", "--data", str(tmp_path / "tr"), "--data.val_path", str(tmp_path / "va"), "--arch", "resnet18",
+                 "--width", "0.125", "--batch-size", "16", "--epochs", "1", "--device", "cpu", "--train.progress", "false",
+                 "--out", str(out), "--monitor.knn_every", "1"]) == 0
+    rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert "knn_top1" in rec and "online_acc" in rec
+
+
+def test_encoder_from_run_loads_into_fresh_model(tmp_path):
+    out = tmp_path / "run"
+    assert main(["pretrain", *TINY, "--epochs", "1", "--out", str(out), "--monitor.knn_every", "0"]) == 0
+    from simclr.checkpoint import load_encoder, load_pretrained_encoder
+
+    enc, meta = load_pretrained_encoder(out)
+    assert meta["arch"] == "resnet18" and meta["image_size"] == 16 and meta["cifar_stem"] is True
+    sd = load_encoder(out / "encoder.safetensors")
+    for k, v in enc.state_dict().items():
+        assert torch.equal(sd[k], v)
