@@ -6,6 +6,7 @@ saving leaves the previous file intact. Loading never unpickles arbitrary object
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -70,9 +71,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def save_encoder(encoder: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Write the encoder's state_dict (torchvision names) as safetensors."""
+    """Write the encoder's state_dict (torchvision names) as safetensors.
+
+    The metadata goes in as one JSON string under the key ``simclr``: safetensors writes its metadata
+    map in no fixed order, and a single key keeps the file byte-for-byte reproducible.
+    """
     tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata or {}))
+    meta = {"simclr": json.dumps(metadata or {}, sort_keys=True)}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def load_encoder(path: str | Path) -> dict[str, torch.Tensor]:
