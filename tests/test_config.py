@@ -26,7 +26,7 @@ def test_overrides_are_typed():
                                      ("augment.crop_scale", "[0.2, 1.0]"), ("model.cifar_stem", "auto"), ("train.epochs", "1e2")])
     assert cfg.loss.temperature == 0.2 and cfg.train.batch_size == 512 and cfg.augment.blur is False
     assert cfg.augment.crop_scale == (0.2, 1.0) and cfg.model.cifar_stem is None and cfg.train.epochs == 100
-    assert Config().loss.temperature is None  # the defaults were not mutated
+    assert Config().loss.temperature == 0.1  # the defaults were not mutated
 
 
 def test_unknown_key_suggests_closest():
@@ -83,12 +83,13 @@ def test_yaml_errors(tmp_path):
 
 def test_resolve_auto_keys():
     small = resolve(Config(), 32)
-    assert (small.augment.color_strength, small.augment.blur_p, small.model.cifar_stem, small.loss.temperature) == (0.5, 0.0, True, 0.5)
+    assert (small.augment.color_strength, small.augment.blur_p, small.model.cifar_stem) == (0.5, 0.0, True)
+    assert small.optim.base_lr == 1.0 and small.optim.weight_decay == 1e-4
     large = resolve(Config(), 224)
-    assert (large.augment.color_strength, large.augment.blur_p, large.model.cifar_stem, large.loss.temperature) == (1.0, 0.5, False, 0.1)
+    assert (large.augment.color_strength, large.augment.blur_p, large.model.cifar_stem) == (1.0, 0.5, False)
     assert large.optim.base_lr == 0.3 and large.optim.weight_decay == 1e-6
-    pinned = resolve(apply_overrides(Config(), [("loss.temperature", "0.2")]), 32)
-    assert pinned.loss.temperature == 0.2
+    pinned = resolve(apply_overrides(Config(), [("augment.color_strength", "0.8"), ("model.cifar_stem", "false")]), 32)
+    assert pinned.augment.color_strength == 0.8 and pinned.model.cifar_stem is False
 
 
 def test_recipes_load_and_validate():

@@ -57,6 +57,7 @@ def test_lr_follows_warmup_and_cosine(tmp_path):
         lrs.append(tr.train_step(x, y)["lr"].item())
     assert lrs == pytest.approx([tr.peak_lr * k / 4 for k in (1, 2, 3, 4)])
     assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(tr.peak_lr)
+    assert tr.optimizer.param_groups[-1]["lr"] == pytest.approx(0.1 * tr.peak_lr)  # the online probe
 
 
 def test_online_probe_does_not_touch_the_encoder(tmp_path):

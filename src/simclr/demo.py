@@ -25,10 +25,10 @@ DEMO_OVERRIDES = [
     ("data.synthetic_train", "4000"),
     ("data.synthetic_test", "1000"),
     ("model.arch", "resnet18"),
-    ("model.width", "0.25"),
-    ("train.batch_size", "256"),
-    ("train.epochs", "6"),
-    ("monitor.knn_every", "2"),
+    ("model.width", "0.125"),
+    ("train.batch_size", "128"),
+    ("train.epochs", "10"),
+    ("monitor.knn_every", "5"),
     ("monitor.online_linear", "true"),
 ]
 

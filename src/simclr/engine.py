@@ -138,7 +138,15 @@ class Trainer:
         o = cfg.optim
         self.peak_lr = scaled_lr(float(o.base_lr), t.batch_size, o.lr_scaling)
         self.warmup_steps = warmup_steps_for(o.warmup_epochs, self.steps_per_epoch, self.total_steps, o.warmup_max_fraction)
-        self.optimizer = build_optimizer(o.name, self.model, self.peak_lr, float(o.weight_decay), o.momentum, o.eta)
+        trunk = torch.nn.ModuleList([self.model.encoder, self.model.head])
+        self.optimizer = build_optimizer(o.name, trunk, self.peak_lr, float(o.weight_decay), o.momentum, o.eta)
+        if self.model.online is not None:
+            # The online probe only monitors: plain momentum SGD at a tenth of the rate (the usual
+            # linear-probe lr of 0.1 x B/256 at the CIFAR base rate), no decay, no LARS adaptation,
+            # so that it keeps up in short runs. Its gradients never reach the encoder.
+            self.optimizer.add_param_group(
+                dict(params=list(self.model.online.parameters()), weight_decay=0.0, lars_exclude=True, lr_mult=0.1)
+            )
         self.autocast, self.precision = autocast_for(self.device, t.precision)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.forward = torch.compile(self.model) if t.compile else self.model

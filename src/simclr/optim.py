@@ -14,12 +14,10 @@ neither the weight decay nor the trust ratio. The schedule is a pure function of
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-
 import torch
 from torch import nn
 
-__all__ = ["LARS", "param_groups", "build_optimizer", "scaled_lr", "warmup_cosine", "warmup_steps_for", "OPTIMIZERS"]
+__all__ = ["LARS", "param_groups", "build_optimizer", "scaled_lr", "warmup_cosine", "warmup_steps_for", "set_lr", "OPTIMIZERS"]
 
 OPTIMIZERS = ("lars", "sgd", "adamw")
 
@@ -138,9 +136,6 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, peak_lr: float
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's rate to ``lr`` times the group's ``lr_mult`` (default 1)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_mult", 1.0)
-
-
-def count_params(params: Iterable[torch.Tensor]) -> int:
-    return sum(p.numel() for p in params)
