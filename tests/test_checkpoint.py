@@ -31,6 +31,7 @@ class _Evil:
         return (os.system, ("touch PWNED_BY_CHECKPOINT",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_code_in_a_checkpoint_does_not_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with open(tmp_path / "evil.pt", "wb") as f:

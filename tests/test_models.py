@@ -65,7 +65,7 @@ def test_all_architectures_forward(arch):
 
 def test_width_multiplier_scales_channels():
     assert resnet50(width=2).num_features == 4096
-    assert resnet50(width=4).layer1[0].conv1.weight.shape[0] == 256
+    assert resnet18(width=4).layer1[0].conv1.weight.shape[0] == 256
     assert resnet18(width=0.25).num_features == 128
 
 
