@@ -34,3 +34,17 @@ def write_folder(root: Path, per_class: int = 6, classes=("a", "b"), size=(12, 1
 
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A pretraining run on 96 synthetic 16px images (seconds), shared by the evaluation tests."""
+    from simclr.cli import main
+
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    args = ["pretrain", "--data", "synthetic", "--data.synthetic_train", "96", "--data.synthetic_test", "40",
+            "--data.image_size", "16", "--arch", "resnet18", "--width", "0.125", "--batch-size", "32", "--device", "cpu",
+            "--train.progress", "false", "--monitor.knn_every", "0", "--epochs", "1", "--head.num_layers", "3",
+            "--out", str(out)]
+    assert main(args) == 0
+    return out

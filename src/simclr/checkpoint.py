@@ -109,3 +109,23 @@ def load_pretrained_encoder(run: str | Path):
     except RuntimeError as e:
         raise CheckpointError(f"{run}: encoder weights do not fit {meta['arch']}: {str(e).splitlines()[0]}") from None
     return encoder.eval(), meta
+
+
+def load_pretrained_head(run: str | Path):
+    """The projection head g of a pretraining run, weights loaded, in eval mode."""
+    from simclr.heads import ProjectionHead
+    from simclr.models import build_encoder
+
+    state = load_checkpoint(run)
+    try:
+        m, h = state["config"]["model"], state["config"]["head"]
+        num_features = build_encoder(m["arch"], width=float(m["width"]), cifar_stem=bool(m["cifar_stem"])).num_features
+        head = ProjectionHead(num_features, int(h["num_layers"]), int(h["hidden_dim"]) or num_features, int(h["out_dim"]), bool(h["bn"]))
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{run} is not a simclr pretraining checkpoint") from None
+    weights = {k[len("head."):]: v for k, v in state["model"].items() if k.startswith("head.")}
+    try:
+        head.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CheckpointError(f"{run}: head weights do not fit: {str(e).splitlines()[0]}") from None
+    return head.eval()

@@ -97,6 +97,10 @@ class ImageSet:
         """Side of the images as loaded (before augmentation)."""
         return int(self.images.shape[-1]) if self.images is not None else self.load_size
 
+    def names(self, prefix: str = "") -> list[str]:
+        """A name per image: its file path, or ``prefix#i`` for built-in sets."""
+        return list(self.paths) if self.paths is not None else [f"{prefix}#{i}" for i in range(len(self))]
+
     def get(self, idx: torch.Tensor) -> torch.Tensor:
         """uint8 (len(idx), 3, side, side) for the given indices."""
         if self.images is not None:
@@ -213,7 +217,7 @@ def load_folder(root: str | Path, image_size: int = 0, max_per_class: int = 0, i
         size = image_size or side
         with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
             tensors = list(pool.map(lambda p: _load_fixed(p, size), paths, chunksize=64))
-        return ImageSet(labels=lab, classes=classes, images=torch.stack(tensors))
+        return ImageSet(labels=lab, classes=classes, images=torch.stack(tensors), paths=paths)
     size = image_size or 224
     return ImageSet(labels=lab, classes=classes, paths=paths, load_size=load_size_for(size))
 

@@ -111,6 +111,55 @@ def knn_accuracy(
     return topk_accuracy(scores, test_labels)
 
 
+def encoder_for(checkpoint: str | None, arch: str, width: float, image_size: int, data_side: int, seed: int = 0):
+    """The encoder to evaluate and its input size.
+
+    ``checkpoint`` (a run folder or checkpoint.pt) gives the pretrained encoder at its training size
+    (or ``image_size`` when given); ``None`` gives a randomly initialised ``arch``/``width`` seeded
+    with ``seed`` (the baseline), at ``image_size`` or the data's side, with the CIFAR stem at 32px or less.
+    Returns (encoder in eval mode, image size, metadata dict).
+    """
+    from simclr.checkpoint import load_pretrained_encoder
+    from simclr.models import build_encoder
+
+    if checkpoint:
+        encoder, meta = load_pretrained_encoder(checkpoint)
+        return encoder, image_size or meta["image_size"], meta
+    size = image_size or data_side
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    encoder = build_encoder(arch, width=width, cifar_stem=size <= 32)
+    torch.random.set_rng_state(gen_state)
+    meta = {"arch": arch, "width": width, "cifar_stem": size <= 32, "image_size": size, "epoch": 0}
+    return encoder.eval(), size, meta
+
+
+def load_labelled(spec: str, image_size: int, data_dir: str = "", max_per_class: int = 0):
+    """A labelled dataset (DataError when its images have no labels)."""
+    from simclr.data import DataError, load_dataset
+
+    ds = load_dataset(spec, image_size, data_dir, max_per_class)
+    if not ds.has_labels:
+        raise DataError(f"{spec} has no labels: evaluation needs a folder with one subfolder per class")
+    return ds
+
+
+def check_same_classes(train, test) -> None:
+    from simclr.data import DataError
+
+    if train.classes != test.classes:
+        raise DataError(f"train and test classes differ: {train.classes[:5]}... vs {test.classes[:5]}...")
+
+
+def write_result(run: str | None, name: str, res: dict) -> None:
+    """Save an evaluation result as RUN/name.json when ``run`` is a run folder."""
+    import json
+    from pathlib import Path
+
+    if run and Path(run).is_dir():
+        (Path(run) / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
+
+
 def knn_evaluate(
     checkpoint: str | None,
     train_spec: str,
@@ -131,36 +180,21 @@ def knn_evaluate(
 
     Writes knn.json into the run folder when evaluating a checkpoint.
     """
-    import json
-    from pathlib import Path
-
-    from simclr.checkpoint import load_pretrained_encoder
-    from simclr.data import load_dataset
     from simclr.engine import pick_device
-    from simclr.models import build_encoder
 
     dev = pick_device(device)
+    size = image_size
     if checkpoint:
-        encoder, meta = load_pretrained_encoder(checkpoint)
-        size = image_size or meta["image_size"]
-    else:
-        size = image_size
-    train = load_dataset(train_spec, size, data_dir, max_per_class)
-    test = load_dataset(test_spec, size or train.side, data_dir, max_per_class)
-    if not train.has_labels or not test.has_labels:
-        from simclr.data import DataError
-
-        raise DataError("kNN needs labelled data: folders with one subfolder per class")
-    if not checkpoint:
-        size = size or train.side
-        torch.manual_seed(seed)
-        encoder = build_encoder(arch, width=width, cifar_stem=size <= 32)
+        _, size, _ = encoder_for(checkpoint, arch, width, image_size, 0, seed)
+    train = load_labelled(train_spec, size, data_dir, max_per_class)
+    test = load_labelled(test_spec, size or train.side, data_dir, max_per_class)
+    check_same_classes(train, test)
+    encoder, size, _ = encoder_for(checkpoint, arch, width, image_size, train.side, seed)
     encoder = encoder.to(dev).to(memory_format=torch.channels_last)
     ftr = extract_features(encoder, train.get, len(train), size, dev, batch_size)
     fte = extract_features(encoder, test.get, len(test), size, dev, batch_size)
     res = knn_accuracy(ftr, train.labels, fte, test.labels, len(train.classes), k, temperature)
     res.update(k=k, temperature=temperature, num_train=len(train), num_test=len(test), image_size=size,
                encoder="random-init" if not checkpoint else str(checkpoint))
-    if checkpoint and Path(checkpoint).is_dir():
-        (Path(checkpoint) / "knn.json").write_text(json.dumps(res, indent=2) + "\n")
+    write_result(checkpoint, "knn", res)
     return res

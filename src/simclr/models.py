@@ -198,3 +198,24 @@ def build_encoder(arch: str, width: float = 1.0, cifar_stem: bool = False, zero_
     if arch not in _SPECS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     return _constructor(arch)(width=width, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual)
+
+
+def resnet_from_state_dict(state_dict: dict[str, torch.Tensor]) -> ResNet:
+    """Build the ResNet that a torchvision-named state_dict describes (depth, width, stem) and load it.
+
+    Useful for weights exported with ``simclr export --format torchvision`` or taken from torchvision
+    itself (its ``fc`` is ignored).
+    """
+    sd = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+    bottleneck = "layer1.0.conv3.weight" in sd
+    blocks = tuple(len({k.split(".")[1] for k in sd if k.startswith(f"layer{i}.")}) for i in range(1, 5))
+    for name, (block, layers) in _SPECS.items():
+        if (block is Bottleneck) == bottleneck and layers == blocks:
+            break
+    else:
+        raise ValueError(f"no ResNet has {blocks} blocks per stage ({'bottleneck' if bottleneck else 'basic'} blocks)")
+    conv1 = sd["conv1.weight"]
+    width = conv1.shape[0] / 64
+    model = build_encoder(name, width=width, cifar_stem=conv1.shape[-1] == 3)
+    model.load_state_dict(sd)
+    return model
