@@ -270,6 +270,7 @@ def _cmd_finetune(args) -> int:
         head = load_pretrained_head(args.checkpoint)
         if not 0 < args.from_head_layer <= len(head.layers):
             raise UsageError(f"--from-head-layer must be in 1..{len(head.layers)} for this checkpoint")
+    torch_seed(args.seed)  # the classifier's initialisation
     model = Classifier(encoder, len(train.classes), head, args.from_head_layer)
     if args.checkpoint and Path(args.checkpoint).is_dir():
         default_out = str(Path(args.checkpoint) / f"finetune-{args.label_fraction:g}")
@@ -326,6 +327,12 @@ def _cmd_analyze(args) -> int:
     if args.json:
         print(json.dumps({k: v for k, v in res.items() if k != "std_per_dim_h"}))
     return 0
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
 
 
 def torch_channels_last():

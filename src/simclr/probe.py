@@ -113,7 +113,9 @@ def linear_eval_sgd(
     for p in encoder.parameters():
         p.requires_grad_(False)
     gen = torch.Generator().manual_seed(seed)
-    clf = nn.Linear(encoder.num_features, len(train.classes)).to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the classifier's initialisation, without touching the caller's RNG
+        clf = nn.Linear(encoder.num_features, len(train.classes)).to(device)
     lr = base_lr * batch_size / 256
     opt = torch.optim.SGD(clf.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=0.0)
     aug = crop_flip(image_size)
