@@ -34,16 +34,19 @@ def test_matches_algorithm1_values_and_gradients(n, d, tau):
     g = torch.Generator().manual_seed(n * 100 + d)
     a = torch.randn(n, d, generator=g, dtype=torch.float64)
     b = torch.randn(n, d, generator=g, dtype=torch.float64)
-    a1, b1 = a.clone().requires_grad_(), b.clone().requires_grad_()
+    # ours in float32, the training dtype; the reference in float64
+    a1, b1 = a.float().requires_grad_(), b.float().requires_grad_()
     a2, b2 = a.clone().requires_grad_(), b.clone().requires_grad_()
     ours = nt_xent(a1, b1, tau)
     ref = algorithm1(a2, b2, tau)
     ours.backward()
     ref.backward()
-    assert ours.dtype == torch.float32  # similarities are computed in float32 on purpose
+    assert ours.dtype == torch.float32
     assert abs(ours.item() - ref.item()) < 1e-6 * max(1.0, abs(ref.item()))
-    torch.testing.assert_close(a1.grad, a2.grad, atol=1e-6, rtol=0)
-    torch.testing.assert_close(b1.grad, b2.grad, atol=1e-6, rtol=0)
+    torch.testing.assert_close(a1.grad.double(), a2.grad, atol=1e-6, rtol=0)
+    torch.testing.assert_close(b1.grad.double(), b2.grad, atol=1e-6, rtol=0)
+    # and in float64 it agrees to rounding
+    assert abs(nt_xent(a, b, tau).item() - ref.item()) < 1e-12 * max(1.0, abs(ref.item()))
 
 
 def test_perfect_alignment_gives_low_loss_and_full_accuracy():

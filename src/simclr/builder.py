@@ -35,16 +35,20 @@ class SimCLR(nn.Module):
         self.temperature = temperature
         self.online = nn.Linear(encoder.num_features, num_classes) if num_classes > 0 else None
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, labels: torch.Tensor | None = None, gather=None,
+                rank: int = 0) -> dict[str, torch.Tensor]:
         """Views x1, x2 (N, 3, S, S) of the same N images, labels (N,) or None.
 
-        Returns a dict with ``loss`` (to minimise: NT-Xent plus the online probe's cross-entropy),
-        ``contrastive_loss``, ``contrastive_acc`` and, with labels, ``online_loss``, ``online_acc``.
+        ``gather`` (e.g. ``simclr.distributed.gather_with_grad``) collects the projections of every
+        device, so this device's anchors meet the whole global batch as negatives; ``rank`` places
+        this device's images in it. Returns a dict with ``loss`` (to minimise: NT-Xent plus the
+        online probe's cross-entropy), ``contrastive_loss``, ``contrastive_acc`` and, with labels,
+        ``online_loss``, ``online_acc``.
         """
         n = x1.shape[0]
         h = self.encoder(torch.cat((x1, x2)))
         z = self.head(h)
-        loss, acc = nt_xent_with_accuracy(z[:n], z[n:], self.temperature)
+        loss, acc = self.contrastive(z[:n], z[n:], gather, rank)
         out = {"contrastive_loss": loss.detach(), "contrastive_acc": acc}
         if self.online is not None and labels is not None:
             logits = self.online(h.detach().float())
@@ -55,6 +59,12 @@ class SimCLR(nn.Module):
             loss = loss + ce
         out["loss"] = loss
         return out
+
+    def contrastive(self, z1: torch.Tensor, z2: torch.Tensor, gather=None, rank: int = 0):
+        """NT-Xent and contrastive accuracy of local projections z1, z2 (n, d) against the global batch."""
+        if gather is None:
+            return nt_xent_with_accuracy(z1, z2, self.temperature)
+        return nt_xent_with_accuracy(z1, z2, self.temperature, gather(z1), gather(z2), offset=rank * z1.shape[0])
 
 
 def build_simclr(

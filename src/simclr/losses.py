@@ -44,9 +44,10 @@ def contrastive_logits(
     if z1_all is None:
         z1_all, z2_all = z1, z2
     n, m = z1.shape[0], z1_all.shape[0]
-    # Similarities in float32 even under autocast: the softmax over thousands of columns needs it.
-    anchors = F.normalize(torch.cat((z1, z2)).float(), dim=1)
-    cands = F.normalize(torch.cat((z1_all, z2_all)).float(), dim=1)
+    # Similarities in at least float32 even under autocast: the softmax over thousands of columns needs it.
+    dtype = torch.promote_types(z1.dtype, torch.float32)
+    anchors = F.normalize(torch.cat((z1, z2)).to(dtype), dim=1)
+    cands = F.normalize(torch.cat((z1_all, z2_all)).to(dtype), dim=1)
     logits = anchors @ cands.t() / temperature
     local = torch.arange(n, device=z1.device) + offset
     rows = torch.arange(2 * n, device=z1.device)
