@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -194,7 +195,8 @@ def _cmd_pretrain(args, rest) -> int:
     if args.resume:
         cfg.train.resume = True
     run = pretrain(cfg)
-    print(f"done: {run}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        print(f"done: {run}")
     return 0
 
 

@@ -126,6 +126,7 @@ class TrainConfig:
     resume: bool = False
     checkpoint_every: int = 1  # epochs
     threads: int = 0  # torch intra-op threads on CPU; 0 = leave PyTorch's default
+    dist_timeout: float = 60.0  # seconds a collective may wait under torchrun before the run fails
     progress: bool = True
 
 
@@ -345,6 +346,7 @@ def validate(cfg: Config) -> None:
     check(t.precision in ("auto", "bf16", "fp16", "fp32"), f"train.precision must be auto, bf16, fp16 or fp32, got '{t.precision}'")
     check(t.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {t.checkpoint_every}")
     check(t.threads >= 0, f"train.threads must be >= 0, got {t.threads}")
+    check(t.dist_timeout > 0, f"train.dist_timeout must be > 0, got {t.dist_timeout}")
     check(bool(t.out), "train.out must name a run folder")
     check(mon.knn_every >= 0, f"monitor.knn_every must be >= 0, got {mon.knn_every}")
     check(mon.knn_k >= 1, f"monitor.knn_k must be >= 1, got {mon.knn_k}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -52,11 +53,13 @@ def init_distributed(device_type: str, timeout_s: float = 60.0) -> DistEnv:
     return env
 
 
-def shutdown() -> None:
-    """Leave the process group; the barrier first lets every rank finish its collectives (gloo can
-    abort a process whose peer tears the group down under it)."""
+def shutdown(barrier: bool = True) -> None:
+    """Leave the process group. After success the barrier first lets every rank finish its
+    collectives (gloo can abort a process whose peer tears the group down under it); after an
+    error there is no barrier, since the other ranks may never reach it."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -70,7 +73,9 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
         return x
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x.contiguous()), 0)
+    with warnings.catch_warnings():  # deprecated in favour of functional collectives without this autograd rule
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(all_gather(x.contiguous()), 0)
 
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
@@ -85,7 +90,9 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
 def _all_reduce_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
     from torch.distributed.nn.functional import all_reduce
 
-    return all_reduce(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return all_reduce(x)
 
 
 class GlobalBatchNorm(_BatchNorm):

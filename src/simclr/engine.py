@@ -23,6 +23,7 @@ from simclr.builder import SimCLR, build_simclr
 from simclr.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_encoder
 from simclr.config import Config, ConfigError, config_to_dict, resolve, save_config, validate
 from simclr.data import Batches, ImageSet, load_dataset
+from simclr.distributed import DistEnv, all_reduce_mean, convert_global_bn, gather_with_grad, init_distributed, shutdown
 from simclr.eval import extract_features, knn_accuracy
 from simclr.optim import build_optimizer, scaled_lr, set_lr, warmup_cosine, warmup_steps_for
 
@@ -117,22 +118,35 @@ class Trainer:
         train: the training images; labels, when known, feed the online probe and the kNN monitor.
         val: optional labelled images for the kNN monitor (else leave-one-out on ``train``).
         log: a callable for human-readable lines (the CLI passes print).
+        dist_env: this process's place in a torchrun job (default: a single process). With several
+            processes the global batch ``train.batch_size`` is split evenly across them, BatchNorm
+            statistics and NT-Xent negatives cover the global batch, and only rank 0 writes files.
     """
 
-    def __init__(self, cfg: Config, train: ImageSet, val: ImageSet | None = None, log=print):
-        self.cfg, self.train_set, self.val_set, self.log = cfg, train, val, log
+    def __init__(self, cfg: Config, train: ImageSet, val: ImageSet | None = None, log=print, dist_env: DistEnv | None = None):
+        self.cfg, self.train_set, self.val_set = cfg, train, val
         t = cfg.train
+        self.env = dist_env or DistEnv()
+        self.log = log if self.env.is_main else (lambda *_: None)
+        if t.batch_size % self.env.world_size:
+            raise ConfigError(f"train.batch_size {t.batch_size} must be divisible by the number of processes ({self.env.world_size})")
+        self.local_batch = t.batch_size // self.env.world_size
         self.device = pick_device(t.device)
+        if self.device.type == "cuda" and self.env.distributed:
+            self.device = torch.device("cuda", self.env.local_rank)
         if t.threads:
             torch.set_num_threads(t.threads)
         torch.manual_seed(t.seed)
         self.out = Path(t.out)
         self.num_classes = len(train.classes) if (train.has_labels and cfg.monitor.online_linear) else 0
-        self.model = build_model(cfg, self.num_classes).to(self.device)
+        self.model = build_model(cfg, self.num_classes)
+        if self.env.distributed:
+            self.model = convert_global_bn(self.model)  # the paper's global BN: statistics over all devices
+        self.model = self.model.to(self.device)
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.augment = build_augment(cfg)
-        self.batches = Batches(train, t.batch_size, t.seed, cfg.data.num_workers)
+        self.batches = Batches(train, self.local_batch, t.seed, cfg.data.num_workers, rank=self.env.rank, world_size=self.env.world_size)
         self.steps_per_epoch = len(self.batches)
         self.total_steps = self.steps_per_epoch * t.epochs
         o = cfg.optim
@@ -149,7 +163,14 @@ class Trainer:
             )
         self.autocast, self.precision = autocast_for(self.device, t.precision)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
-        self.forward = torch.compile(self.model) if t.compile else self.model
+        net = self.model
+        if self.env.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # Global BN keeps the running statistics equal on every rank: no buffer broadcast needed.
+            net = DDP(net, device_ids=ids, broadcast_buffers=False)
+        self.forward = torch.compile(net) if t.compile else net
         self.epoch = 0  # epochs completed
         self.step = 0  # optimiser steps completed
 
@@ -186,6 +207,8 @@ class Trainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
 
     def save(self) -> None:
+        if not self.env.is_main:
+            return
         save_checkpoint(self.state_dict(), self.out / "checkpoint.pt")
         meta = {"arch": self.cfg.model.arch, "width": str(self.cfg.model.width), "cifar_stem": str(self.cfg.model.cifar_stem),
                 "image_size": str(self.cfg.data.image_size), "epoch": str(self.epoch)}
@@ -195,7 +218,7 @@ class Trainer:
     def _generator(self) -> torch.Generator:
         # Seeded by the global step so that resuming reproduces the augmentations exactly.
         g = torch.Generator(device=self.device)
-        g.manual_seed(self.cfg.train.seed * 1_000_003 + self.step + 7)
+        g.manual_seed((self.cfg.train.seed * 1_000_003 + self.step + 7) * 131 + self.env.rank)
         return g
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -209,8 +232,9 @@ class Trainer:
             v1 = v1.contiguous(memory_format=torch.channels_last)
             v2 = v2.contiguous(memory_format=torch.channels_last)
         labels = y.to(self.device, non_blocking=True) if self.num_classes else None
+        gather = gather_with_grad if self.env.distributed else None
         with self.autocast:
-            out = self.forward(v1, v2, labels)
+            out = self.forward(v1, v2, labels, gather=gather, rank=self.env.rank)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler:
             self.scaler.scale(out["loss"]).backward()
@@ -243,20 +267,22 @@ class Trainer:
     def fit(self) -> list[dict]:
         """Train from the current epoch to ``train.epochs``; returns the metrics of the new epochs."""
         cfg, t = self.cfg, self.cfg.train
-        self.out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.out / "config.yaml")
+        main = self.env.is_main
         metrics_path = self.out / "metrics.jsonl"
-        if self.epoch == 0 and metrics_path.exists():
-            metrics_path.unlink()
-        elif metrics_path.exists():  # drop lines of epochs after the checkpoint (a crash after logging)
-            lines = [ln for ln in metrics_path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= self.epoch]
-            metrics_path.write_text("".join(ln + "\n" for ln in lines))
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out / "config.yaml")
+            if self.epoch == 0 and metrics_path.exists():
+                metrics_path.unlink()
+            elif metrics_path.exists():  # drop lines of epochs after the checkpoint (a crash after logging)
+                lines = [ln for ln in metrics_path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= self.epoch]
+                metrics_path.write_text("".join(ln + "\n" for ln in lines))
         history = []
         self.model.train()
         bs = t.batch_size
         for epoch in range(self.epoch, t.epochs):
             stats = StepStats.zeros(self.device)
-            bar = _progress(self.steps_per_epoch, f"epoch {epoch + 1}/{t.epochs}", t.progress)
+            bar = _progress(self.steps_per_epoch, f"epoch {epoch + 1}/{t.epochs}", t.progress and main)
             start = time.perf_counter()
             for i, (x, y, _) in enumerate(self.batches.epoch(epoch)):
                 out = self.train_step(x, y)
@@ -265,7 +291,7 @@ class Trainer:
                     bar.update(1)
                     if i % 10 == 0 or i == self.steps_per_epoch - 1:
                         bar.set_postfix(loss=f"{out['contrastive_loss'].item():.3f}", lr=f"{out['lr'].item():.3g}")
-            loss = (stats.loss / max(1, stats.n)).item()  # the one host sync of the epoch
+            loss = all_reduce_mean(stats.loss / max(1, stats.n)).item()  # the one host sync of the epoch
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             elapsed = time.perf_counter() - start
@@ -281,21 +307,24 @@ class Trainer:
                 "epoch": self.epoch,
                 "step": self.step,
                 "loss": loss,
-                "contrastive_acc": (stats.acc / stats.n).item(),
+                "contrastive_acc": all_reduce_mean(stats.acc / stats.n).item(),
                 "lr": warmup_cosine(self.step - 1, self.total_steps, self.warmup_steps, self.peak_lr),
                 "epoch_time": elapsed,
-                "images_per_sec": stats.n * bs / elapsed,
+                "images_per_sec": stats.n * bs / elapsed,  # global batch: every process's images
             }
             if self.num_classes:
-                rec["online_loss"] = (stats.online_loss / stats.n).item()
-                rec["online_acc"] = (stats.online_acc / stats.n).item()
+                rec["online_loss"] = all_reduce_mean(stats.online_loss / stats.n).item()
+                rec["online_acc"] = all_reduce_mean(stats.online_acc / stats.n).item()
             due = cfg.monitor.knn_every and (self.epoch % cfg.monitor.knn_every == 0 or self.epoch == t.epochs)
+            # Every rank computes the monitor (only rank 0 records it): a rank idling while rank 0
+            # works would sit in its next collective and could hit the distributed timeout.
             if due and self.train_set.has_labels:
                 k0 = time.perf_counter()
                 rec.update(self.knn_monitor())
                 rec["knn_time"] = time.perf_counter() - k0
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
+            if main:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
             history.append(rec)
             self.log(_format(rec))
             if self.epoch % t.checkpoint_every == 0 or self.epoch == t.epochs:
@@ -328,17 +357,28 @@ def pretrain(cfg: Config, log=print) -> Path:
     from RUN/checkpoint.pt with ``train.resume``).
     """
     validate(cfg)
+    env = init_distributed(pick_device(cfg.train.device).type, cfg.train.dist_timeout)
+    try:
+        run = _pretrain(cfg, env, log)
+    except BaseException:
+        shutdown(barrier=False)
+        raise
+    shutdown()
+    return run
+
+
+def _pretrain(cfg: Config, env: DistEnv, log) -> Path:
     train = load_data(cfg.data.path, cfg)
     image_size = cfg.data.image_size or train.side if train.images is not None else (cfg.data.image_size or 224)
     cfg = resolve(cfg, image_size)
     validate(cfg)
     val = load_data(cfg.data.val_path, cfg) if cfg.data.val_path else None
-    trainer = Trainer(cfg, train, val, log)
+    trainer = Trainer(cfg, train, val, log, env)
     ckpt = Path(cfg.train.out) / "checkpoint.pt"
     if cfg.train.resume:
         if not ckpt.is_file():
             raise CheckpointError(f"--resume given but {ckpt} does not exist")
         trainer.load_state_dict(load_checkpoint(ckpt, map_location=trainer.device))
-        log(f"resumed from {ckpt} at epoch {trainer.epoch}")
+        trainer.log(f"resumed from {ckpt} at epoch {trainer.epoch}")
     trainer.fit()
     return Path(cfg.train.out)
