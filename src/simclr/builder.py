@@ -51,7 +51,8 @@ class SimCLR(nn.Module):
         loss, acc = self.contrastive(z[:n], z[n:], gather, rank)
         out = {"contrastive_loss": loss.detach(), "contrastive_acc": acc}
         if self.online is not None and labels is not None:
-            logits = self.online(h.detach().float())
+            h_ = h.detach()
+            logits = self.online(h_.to(torch.promote_types(h_.dtype, torch.float32)))
             y = labels.repeat(2)
             ce = F.cross_entropy(logits, y)
             out["online_loss"] = ce.detach()

@@ -127,6 +127,9 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs
     threads: int = 0  # torch intra-op threads on CPU; 0 = leave PyTorch's default
     dist_timeout: float = 60.0  # seconds a collective may wait under torchrun before the run fails
+    # > 0: gradient-cached step over chunks of this many images (huge batches on one device; BN then
+    # sees chunk statistics, see docs/distributed.md); 0: the plain step.
+    chunk_size: int = 0
     progress: bool = True
 
 
@@ -346,6 +349,7 @@ def validate(cfg: Config) -> None:
     check(t.precision in ("auto", "bf16", "fp16", "fp32"), f"train.precision must be auto, bf16, fp16 or fp32, got '{t.precision}'")
     check(t.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {t.checkpoint_every}")
     check(t.threads >= 0, f"train.threads must be >= 0, got {t.threads}")
+    check(t.chunk_size >= 0, f"train.chunk_size must be >= 0, got {t.chunk_size}")
     check(t.dist_timeout > 0, f"train.dist_timeout must be > 0, got {t.dist_timeout}")
     check(bool(t.out), "train.out must name a run folder")
     check(mon.knn_every >= 0, f"monitor.knn_every must be >= 0, got {mon.knn_every}")

@@ -27,7 +27,7 @@ from simclr.distributed import DistEnv, all_reduce_mean, convert_global_bn, gath
 from simclr.eval import extract_features, knn_accuracy
 from simclr.optim import build_optimizer, scaled_lr, set_lr, warmup_cosine, warmup_steps_for
 
-__all__ = ["pick_device", "build_augment", "build_model", "Trainer", "pretrain", "load_data"]
+__all__ = ["pick_device", "build_augment", "build_model", "Trainer", "pretrain", "load_data", "chunked_backward"]
 
 
 def pick_device(name: str) -> torch.device:
@@ -87,6 +87,64 @@ def load_data(spec: str, cfg: Config) -> ImageSet:
     return load_dataset(spec, d.image_size, d.data_dir, d.max_per_class, d.in_memory_max_side, d.synthetic_train, d.synthetic_test)
 
 
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    """Up-cast half precision to float32; leave float32/float64 as they are."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def chunked_backward(model: SimCLR, x1: torch.Tensor, x2: torch.Tensor, labels: torch.Tensor | None, chunk: int,
+                     autocast=None, scale=None) -> dict[str, torch.Tensor]:
+    """Gradient-cached SimCLR step (Gao et al., 2021): the loss of the whole batch, the memory of a chunk.
+
+    1. Embed the batch chunk by chunk without autograd graphs (BN running statistics frozen, so they
+       are updated once, in step 3).
+    2. NT-Xent over the full batch of projections; back-propagate to the projections only.
+    3. Re-run each chunk with its graph and back-propagate the cached projection gradients.
+
+    The parameter gradients equal those of the plain step when the model has no batch statistics;
+    with BatchNorm in training mode each chunk is normalised with its own statistics. Returns the
+    same dict as ``SimCLR.forward`` (``loss`` detached: gradients are already accumulated).
+    ``scale`` multiplies what is back-propagated (a GradScaler's ``scale``), ``autocast`` is a context.
+    """
+    autocast = autocast or contextlib.nullcontext()
+    n = x1.shape[0]
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        with torch.no_grad(), autocast:
+            zs = [_f32(model.head(model.encoder(torch.cat((x1[i : i + chunk], x2[i : i + chunk]))))) for i in range(0, n, chunk)]
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+    z1 = torch.cat([z[: len(z) // 2] for z in zs]).requires_grad_()
+    z2 = torch.cat([z[len(z) // 2 :] for z in zs]).requires_grad_()
+    loss, acc = model.contrastive(z1, z2)
+    (loss if scale is None else scale(loss)).backward()
+    out = {"contrastive_loss": loss.detach(), "contrastive_acc": acc}
+    online_loss = torch.zeros((), device=x1.device, dtype=z1.dtype)
+    online_acc = torch.zeros((), device=x1.device, dtype=z1.dtype)
+    for i in range(0, n, chunk):
+        with autocast:
+            h = model.encoder(torch.cat((x1[i : i + chunk], x2[i : i + chunk])))
+            z = _f32(model.head(h))
+        c = z.shape[0] // 2
+        total = (z[:c] * z1.grad[i : i + c]).sum() + (z[c:] * z2.grad[i : i + c]).sum()
+        if model.online is not None and labels is not None:
+            logits = model.online(_f32(h.detach()))
+            y = labels[i : i + c].repeat(2)
+            ce = torch.nn.functional.cross_entropy(logits, y) * (c / n)
+            total = total + ce
+            online_loss += ce.detach()
+            online_acc += (logits.argmax(1) == y).float().sum().detach() / (2 * n)
+        (total if scale is None else scale(total)).backward()
+    if model.online is not None and labels is not None:
+        out.update(online_loss=online_loss, online_acc=online_acc)
+    out["loss"] = (loss.detach() + online_loss)
+    return out
+
+
 @dataclass
 class StepStats:
     loss: torch.Tensor
@@ -131,6 +189,9 @@ class Trainer:
         if t.batch_size % self.env.world_size:
             raise ConfigError(f"train.batch_size {t.batch_size} must be divisible by the number of processes ({self.env.world_size})")
         self.local_batch = t.batch_size // self.env.world_size
+        if t.chunk_size and self.env.distributed:
+            raise ConfigError("train.chunk_size (the gradient-cached step) runs in a single process; under torchrun "
+                              "the global batch is already split across devices, so set train.chunk_size 0")
         self.device = pick_device(t.device)
         if self.device.type == "cuda" and self.env.distributed:
             self.device = torch.device("cuda", self.env.local_rank)
@@ -232,6 +293,19 @@ class Trainer:
             v1 = v1.contiguous(memory_format=torch.channels_last)
             v2 = v2.contiguous(memory_format=torch.channels_last)
         labels = y.to(self.device, non_blocking=True) if self.num_classes else None
+        chunk = self.cfg.train.chunk_size
+        if chunk and chunk < self.local_batch:
+            self.optimizer.zero_grad(set_to_none=True)
+            scale = self.scaler.scale if self.scaler else None
+            out = chunked_backward(self.model, v1, v2, labels, chunk, self.autocast, scale)
+            if self.scaler:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.step += 1
+            out["lr"] = torch.tensor(lr)
+            return out
         gather = gather_with_grad if self.env.distributed else None
         with self.autocast:
             out = self.forward(v1, v2, labels, gather=gather, rank=self.env.rank)
