@@ -230,7 +230,11 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             # Global BN keeps the running statistics equal on every rank: no buffer broadcast needed.
-            net = DDP(net, device_ids=ids, broadcast_buffers=False)
+            import inspect
+
+            no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+                       else "broadcast_buffers")  # renamed in recent PyTorch
+            net = DDP(net, device_ids=ids, **{no_sync: False})
         self.forward = torch.compile(net) if t.compile else net
         self.epoch = 0  # epochs completed
         self.step = 0  # optimiser steps completed
