@@ -145,3 +145,73 @@ def test_encoder_from_run_loads_into_fresh_model(tmp_path):
     sd = load_encoder(out / "encoder.safetensors")
     for k, v in enc.state_dict().items():
         assert torch.equal(sd[k], v)
+
+
+def test_more_misuses_exit_2(tmp_path):
+    """Issue 5, check 5 (with the list above): every misuse exits 2 with one line and no traceback."""
+    from bad_images import make
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    texts = tmp_path / "texts"
+    (texts / "c").mkdir(parents=True)
+    (texts / "c" / "a.txt").write_text("x")
+    (texts / "c" / "b.jpg").write_text("not a jpeg")
+    bad = tmp_path / "bad"
+    make(bad, n_good=40)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    from PIL import Image
+
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i, i, i)).save(flat / f"{i}.png")
+    yaml_bad = tmp_path / "bad.yaml"
+    yaml_bad.write_text("loss: [unclosed\n")
+    run = tmp_path / "run"
+    assert main(["pretrain", *TINY, "--epochs", "1", "--out", str(run), "--monitor.knn_every", "0"]) == 0
+    cases = [
+        (["pretrain", "--data", str(empty)], "no images found"),
+        (["pretrain", "--data", str(texts)], "no readable images"),
+        (["pretrain", "--data", str(bad), "--strict", "--device", "cpu"], "unreadable image"),
+        (["pretrain", "--data", "synthetic", "--config", str(yaml_bad)], "not valid YAML"),
+        (["pretrain", "--data", "synthetic", "--epochs", "abc"], "train.epochs must be an integer"),
+        (["pretrain", *TINY, "--epochs", "2", "--out", str(run), "--resume", "--arch", "resnet34"], "model.arch"),
+        (["knn", "--checkpoint", str(run), "--train-data", str(flat), "--test-data", str(flat)], "no labels"),
+        (["finetune", "--checkpoint", str(run), "--train-data", "synthetic", "--test-data", "synthetic:test", "--label-fraction", "2"],
+         "label-fraction"),
+        (["frobnicate"], "invalid choice"),
+        (["knn", "--train-data", "synthetic", "--test-data", "synthetic:test"], "one of the arguments"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["pretrain", "--data", "synthetic", "--device", "cuda"], "no CUDA GPU"))
+    for args, msg in cases:
+        r = _run_cli(args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert msg in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+
+
+def test_bad_images_are_skipped_and_listed(tmp_path):
+    """Issue 5, check 1: one file of each bad kind beside 200 good images."""
+    from bad_images import make
+
+    data = tmp_path / "data"
+    unreadable = make(data, n_good=200)
+    out = tmp_path / "run"
+    r = _run_cli(["pretrain", "--data", str(data), "--arch", "resnet18", "--width", "0.125", "--batch-size", "64", "--epochs", "1",
+                  "--device", "cpu", "--train.progress", "false", "--monitor.knn_every", "0", "--out", str(out)])
+    assert r.returncode == 0, r.stderr
+    listed = sorted(line.split("\t")[0] for line in (out / "bad_files.txt").read_text().splitlines())
+    assert listed == unreadable
+    assert r.stderr.count("warning: skipped 4 unreadable") == 1
+    # the readable odd formats (CMYK, 16-bit, palette, RGBA, 1x1, EXIF-rotated) were kept: 200 + 6 images
+    from simclr.data import load_folder
+
+    ds = load_folder(data)
+    assert len(ds) == 206 and len(ds.bad) == 4
+    assert all(Path(p).name != "zero.jpg" for p in ds.paths)
+    # labels stay with their files
+    assert all(ds.classes[int(y)] == Path(p).parent.name for p, y in zip(ds.paths, ds.labels))
+    r = _run_cli(["pretrain", "--data", str(data), "--strict", "--device", "cpu", "--out", str(tmp_path / "strict")])
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert unreadable[0] in r.stderr and len(r.stderr.strip().splitlines()) == 1

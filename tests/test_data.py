@@ -200,3 +200,18 @@ def test_unsafe_archive_is_refused(tmp_path, kind):
 def test_cifar_folder_from_shared(cifar_jpeg):
     ds = load_folder(cifar_jpeg / "test", max_per_class=3)
     assert ds.images.shape == (30, 3, 32, 32) and ds.classes[0] == "airplane"
+
+
+def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
+    (tmp_path / "c").mkdir()
+    Image.fromarray(np.full((6, 6), 32768, dtype=np.uint16)).save(tmp_path / "c" / "g.png")
+    ds = load_folder(tmp_path)
+    assert abs(int(ds.images[0, 0, 0, 0]) - 128) <= 1
+
+
+def test_pixel_limit(tmp_path):
+    (tmp_path / "c").mkdir()
+    Image.new("RGB", (40, 40)).save(tmp_path / "c" / "big.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "c" / "small.png")
+    ds = load_folder(tmp_path, max_pixels=1000)
+    assert len(ds) == 1 and "exceeds the limit of 1000" in ds.bad[0][1]

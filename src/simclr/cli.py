@@ -85,6 +85,7 @@ def _pretrain_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--seed")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
     return p
 
 
@@ -169,9 +170,16 @@ def _eval_parsers(sub) -> None:
     a.add_argument("--json", action="store_true")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (status 2), like every other usage error of simclr."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="simclr", description="SimCLR: contrastive self-supervised learning of visual representations")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="simclr", description="SimCLR: contrastive self-supervised learning of visual representations")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _pretrain_parser(sub)
     _knn_parser(sub)
     _eval_parsers(sub)
@@ -194,6 +202,8 @@ def _cmd_pretrain(args, rest) -> int:
     cfg = C.apply_overrides(cfg, _pairs(rest))
     if args.resume:
         cfg.train.resume = True
+    if args.strict:
+        cfg.data.strict = True
     run = pretrain(cfg)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         print(f"done: {run}")

@@ -57,6 +57,8 @@ class DataConfig:
     num_workers: int = -1  # DataLoader workers for streamed (large) images; -1 = auto
     synthetic_train: int = 4000  # images in the synthetic train split
     synthetic_test: int = 1000  # images in the synthetic test split
+    strict: bool = False  # stop at the first unreadable image instead of skipping it
+    max_pixels: int = 89_478_485  # larger images are refused (decompression bombs)
 
 
 @dataclass
@@ -322,6 +324,7 @@ def validate(cfg: Config) -> None:
 
     d, a, m, h, lo, o, t, mon = cfg.data, cfg.augment, cfg.model, cfg.head, cfg.loss, cfg.optim, cfg.train, cfg.monitor
     check(d.image_size >= 0, f"data.image_size must be >= 0 (0 = auto), got {d.image_size}")
+    check(d.max_pixels >= 1, f"data.max_pixels must be >= 1, got {d.max_pixels}")
     check(d.max_per_class >= 0, f"data.max_per_class must be >= 0, got {d.max_per_class}")
     check(d.synthetic_train >= 2 and d.synthetic_test >= 1, "data.synthetic_train must be >= 2 and data.synthetic_test >= 1")
     check(0 < a.crop_scale[0] <= a.crop_scale[1] <= 1, f"augment.crop_scale must satisfy 0 < min <= max <= 1, got {list(a.crop_scale)}")

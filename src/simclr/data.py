@@ -22,7 +22,7 @@ import tarfile
 import tempfile
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +71,14 @@ class DataError(ValueError):
     """A data problem the user can fix (missing folder, no images, bad archive)."""
 
 
+class BadImageError(DataError):
+    """One file that cannot be used as an image (empty, truncated, not an image, too many pixels)."""
+
+
+# Pillow's own warning threshold; larger images are refused as likely decompression bombs.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
 @dataclass
 class ImageSet:
     """A labelled (or unlabelled) image set.
@@ -84,6 +92,7 @@ class ImageSet:
     images: torch.Tensor | None = None
     paths: list[str] | None = None
     load_size: int = 0
+    bad: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of skipped files
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -161,15 +170,59 @@ def list_images(root: str | Path, max_per_class: int = 0) -> tuple[list[str], li
     return paths, labels, classes
 
 
-def decode_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB, applying its EXIF orientation; grayscale/RGBA/palette become RGB."""
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        if im.mode == "RGBA" or (im.mode == "P" and "transparency" in im.info):
-            im = im.convert("RGBA")
-            bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(bg, im)
-        return im.convert("RGB")
+def _open(path: str | Path, max_pixels: int) -> Image.Image:
+    try:
+        if os.path.getsize(path) == 0:
+            raise BadImageError("empty file")
+        im = Image.open(path)
+    except BadImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise BadImageError(f"refused: {str(e).split('.')[0]}") from None
+    except Exception as e:  # UnidentifiedImageError, OSError, SyntaxError from broken headers
+        raise BadImageError(f"not a readable image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+    w, h = im.size
+    if w * h > max_pixels:
+        im.close()
+        raise BadImageError(f"refused: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} (decompression bomb?)")
+    if w < 1 or h < 1:
+        im.close()
+        raise BadImageError(f"image has no pixels ({w}x{h})")
+    return im
+
+
+def check_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """Read only the header: (width, height), or BadImageError."""
+    with _open(path, max_pixels) as im:
+        return im.size
+
+
+def decode_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open an image as RGB, applying its EXIF orientation; grayscale, 16-bit, CMYK, RGBA and palette
+    images become RGB. Raises BadImageError for anything unusable."""
+    try:
+        with _open(path, max_pixels) as im:
+            im.load()
+            return _to_rgb(im)
+    except BadImageError:
+        raise
+    except Exception as e:  # truncated data, broken streams
+        raise BadImageError(f"cannot decode ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    im = ImageOps.exif_transpose(im)
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        # 16-bit and 32-bit grayscale: scale to 8 bits instead of clipping at 255
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if im.mode == "RGBA" or im.mode == "LA" or (im.mode == "P" and "transparency" in im.info):
+        # transparent pixels over white, as a viewer shows them
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im)
+    return im.convert("RGB")
 
 
 def _to_tensor(im: Image.Image) -> torch.Tensor:
@@ -188,8 +241,8 @@ def _fit(im: Image.Image, size: int) -> Image.Image:
     return im
 
 
-def _load_fixed(path: str, size: int) -> torch.Tensor:
-    return _to_tensor(_fit(decode_image(path), size))
+def _load_fixed(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    return _to_tensor(_fit(decode_image(path, max_pixels), size))
 
 
 def load_size_for(image_size: int) -> int:
@@ -197,29 +250,60 @@ def load_size_for(image_size: int) -> int:
     return int(math.ceil(image_size * 8 / 7))
 
 
-def _probe_side(paths: list[str], n: int = 16) -> int:
-    sides = []
-    for p in paths[:: max(1, len(paths) // n)][:n]:
-        with Image.open(p) as im:
-            sides.append(max(im.size))
-    return max(sides)
-
-
-def load_folder(root: str | Path, image_size: int = 0, max_per_class: int = 0, in_memory_max_side: int = 96) -> ImageSet:
+def load_folder(root: str | Path, image_size: int = 0, max_per_class: int = 0, in_memory_max_side: int = 96,
+                strict: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageSet:
     """Index an image folder; decode it into memory when its images are small.
 
     ``image_size`` 0 keeps the native side of small images (and means 224 for large ones).
+    Unusable files are skipped and listed in ``ImageSet.bad`` (path, reason); with ``strict`` the
+    first one (in file order) raises BadImageError naming it. Skipping removes the file and its
+    label together, so labels never shift.
     """
     paths, labels, classes = list_images(root, max_per_class)
-    side = _probe_side(paths)
-    lab = torch.tensor(labels, dtype=torch.long)
+    workers = max(1, min(8, os.cpu_count() or 1))
+
+    def header(p):
+        try:
+            return check_image(p, max_pixels), None
+        except BadImageError as e:
+            return None, str(e)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        heads = list(pool.map(header, paths, chunksize=64))
+    bad = _collect_bad(paths, [err for _, err in heads], strict)
+    ok = [i for i, (size, _) in enumerate(heads) if size is not None]
+    if not ok:
+        raise DataError(f"no readable images in {root} ({len(bad)} unreadable files)")
+    side = max(max(heads[i][0]) for i in ok[:: max(1, len(ok) // 64)])
     if side <= in_memory_max_side:
         size = image_size or side
-        with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
-            tensors = list(pool.map(lambda p: _load_fixed(p, size), paths, chunksize=64))
-        return ImageSet(labels=lab, classes=classes, images=torch.stack(tensors), paths=paths)
+
+        def full(i):
+            try:
+                return _load_fixed(paths[i], size, max_pixels), None
+            except BadImageError as e:
+                return None, str(e)
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            decoded = dict(zip(ok, pool.map(full, ok, chunksize=64)))
+        errs = [decoded[i][1] if i in decoded else None for i in range(len(paths))]
+        bad += _collect_bad(paths, errs, strict)
+        keep = [i for i in ok if decoded[i][0] is not None]
+        if not keep:
+            raise DataError(f"no readable images in {root} ({len(bad)} unreadable files)")
+        return ImageSet(labels=torch.tensor([labels[i] for i in keep], dtype=torch.long), classes=classes,
+                        images=torch.stack([decoded[i][0] for i in keep]), paths=[paths[i] for i in keep],
+                        bad=sorted(bad))
     size = image_size or 224
-    return ImageSet(labels=lab, classes=classes, paths=paths, load_size=load_size_for(size))
+    return ImageSet(labels=torch.tensor([labels[i] for i in ok], dtype=torch.long), classes=classes,
+                    paths=[paths[i] for i in ok], load_size=load_size_for(size), bad=sorted(bad))
+
+
+def _collect_bad(paths: list[str], errors: list[str | None], strict: bool) -> list[tuple[str, str]]:
+    bad = [(p, e) for p, e in zip(paths, errors) if e is not None]
+    if strict and bad:
+        raise BadImageError(f"unreadable image {bad[0][0]}: {bad[0][1]} (without --strict such files are skipped)")
+    return bad
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,6 +464,8 @@ def load_dataset(
     in_memory_max_side: int = 96,
     synthetic_train: int = 4000,
     synthetic_test: int = 1000,
+    strict: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ImageSet:
     """Load a dataset by spec (see the module docstring)."""
     if not spec:
@@ -391,7 +477,7 @@ def load_dataset(
         # Different seeds for the two splits: test images are never training images.
         ds = synthetic_images(synthetic_train if split == "train" else synthetic_test, seed=1 if split == "train" else 2)
     else:
-        return load_folder(name, image_size, max_per_class, in_memory_max_side)
+        return load_folder(name, image_size, max_per_class, in_memory_max_side, strict, max_pixels)
     if max_per_class:
         keep = torch.cat([torch.nonzero(ds.labels == c).squeeze(1)[:max_per_class] for c in range(len(ds.classes))]).sort().values
         ds = ds.subset(keep)

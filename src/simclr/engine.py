@@ -84,7 +84,8 @@ def build_model(cfg: Config, num_classes: int = 0) -> SimCLR:
 
 def load_data(spec: str, cfg: Config) -> ImageSet:
     d = cfg.data
-    return load_dataset(spec, d.image_size, d.data_dir, d.max_per_class, d.in_memory_max_side, d.synthetic_train, d.synthetic_test)
+    return load_dataset(spec, d.image_size, d.data_dir, d.max_per_class, d.in_memory_max_side, d.synthetic_train, d.synthetic_test,
+                        d.strict, d.max_pixels)
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
@@ -350,6 +351,12 @@ class Trainer:
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / "config.yaml")
+            if self.train_set.bad:
+                (self.out / "bad_files.txt").write_text("".join(f"{p}\t{why}\n" for p, why in self.train_set.bad))
+                import sys
+
+                print(f"warning: skipped {len(self.train_set.bad)} unreadable image file(s); they are listed in "
+                      f"{self.out / 'bad_files.txt'} (use --strict to stop at the first)", file=sys.stderr)
             if self.epoch == 0 and metrics_path.exists():
                 metrics_path.unlink()
             elif metrics_path.exists():  # drop lines of epochs after the checkpoint (a crash after logging)
