@@ -375,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     from simclr.checkpoint import CheckpointError
     from simclr.config import ConfigError
     from simclr.data import DataError
+    from simclr.engine import Interrupted
 
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
@@ -394,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, CheckpointError, UsageError, FloatingPointError) as e:
         print(f"simclr {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"simclr {args.command}: {e}", file=sys.stderr)
+        return 128 + int(e.signum)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -132,6 +132,8 @@ class TrainConfig:
     # > 0: gradient-cached step over chunks of this many images (huge batches on one device; BN then
     # sees chunk statistics, see docs/distributed.md); 0: the plain step.
     chunk_size: int = 0
+    keep_checkpoints: int = 1  # > 1: also keep the last K epoch checkpoints in RUN/checkpoints/
+    skip_nonfinite: bool = False  # skip (and count) steps whose loss is NaN/inf instead of stopping
     progress: bool = True
 
 
@@ -352,6 +354,7 @@ def validate(cfg: Config) -> None:
     check(t.precision in ("auto", "bf16", "fp16", "fp32"), f"train.precision must be auto, bf16, fp16 or fp32, got '{t.precision}'")
     check(t.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {t.checkpoint_every}")
     check(t.threads >= 0, f"train.threads must be >= 0, got {t.threads}")
+    check(t.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}")
     check(t.chunk_size >= 0, f"train.chunk_size must be >= 0, got {t.chunk_size}")
     check(t.dist_timeout > 0, f"train.dist_timeout must be > 0, got {t.dist_timeout}")
     check(bool(t.out), "train.out must name a run folder")

@@ -12,6 +12,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +32,18 @@ from simclr.eval import extract_features, knn_accuracy
 from simclr.optim import build_optimizer, scaled_lr, set_lr, warmup_cosine, warmup_steps_for
 
 __all__ = ["pick_device", "build_augment", "build_model", "Trainer", "pretrain", "load_data", "chunked_backward"]
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or infinite; the run stops and the last good checkpoint is kept."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; a checkpoint of the exact position was saved."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
 
 
 def pick_device(name: str) -> torch.device:
@@ -159,7 +175,16 @@ class StepStats:
         z = lambda: torch.zeros((), device=device)  # noqa: E731
         return cls(z(), z(), z(), z())
 
+    def state(self) -> dict:
+        return {"loss": self.loss, "acc": self.acc, "online_loss": self.online_loss, "online_acc": self.online_acc, "n": self.n}
+
+    @classmethod
+    def from_state(cls, st: dict, device) -> "StepStats":
+        return cls(*(st[k].to(device) for k in ("loss", "acc", "online_loss", "online_acc")), n=int(st["n"]))
+
     def add(self, out: dict[str, torch.Tensor]) -> None:
+        if out.get("skipped"):
+            return
         # Accumulated on the device: no host sync per step.
         self.loss += out["contrastive_loss"].float()
         self.acc += out["contrastive_acc"].float()
@@ -239,6 +264,8 @@ class Trainer:
         self.forward = torch.compile(net) if t.compile else net
         self.epoch = 0  # epochs completed
         self.step = 0  # optimiser steps completed
+        self.skipped = 0  # steps skipped for a non-finite loss (train.skip_nonfinite)
+        self.stats: StepStats | None = None  # the running epoch's sums (saved mid-epoch on a signal)
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -250,6 +277,8 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler else {},
             "epoch": self.epoch,
             "step": self.step,
+            "skipped": self.skipped,
+            "partial": self.stats.state() if (self.stats is not None and self.stats.n) else {},
             "num_classes": self.num_classes,
             "classes": list(self.train_set.classes),
         }
@@ -271,11 +300,28 @@ class Trainer:
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.skipped = int(state.get("skipped", 0))
+        partial = state.get("partial") or {}
+        self.stats = StepStats.from_state(partial, self.device) if partial else None
 
-    def save(self) -> None:
+    def save(self, epoch_end: bool = True) -> None:
         if not self.env.is_main:
             return
         save_checkpoint(self.state_dict(), self.out / "checkpoint.pt")
+        keep = self.cfg.train.keep_checkpoints
+        if epoch_end and keep > 1:
+            # Earlier epochs stay as hard links (no copy) in RUN/checkpoints/, the last K of them.
+            folder = self.out / "checkpoints"
+            folder.mkdir(exist_ok=True)
+            target = folder / f"epoch_{self.epoch:04d}.pt"
+            if target.exists():
+                target.unlink()
+            try:
+                os.link(self.out / "checkpoint.pt", target)
+            except OSError:
+                shutil.copy2(self.out / "checkpoint.pt", target)
+            for old in sorted(folder.glob("epoch_*.pt"))[:-keep]:
+                old.unlink()
         meta = {"arch": self.cfg.model.arch, "width": str(self.cfg.model.width), "cifar_stem": str(self.cfg.model.cifar_stem),
                 "image_size": str(self.cfg.data.image_size), "epoch": str(self.epoch)}
         save_encoder(self.model.encoder, self.out / "encoder.safetensors", meta)
@@ -303,6 +349,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             scale = self.scaler.scale if self.scaler else None
             out = chunked_backward(self.model, v1, v2, labels, chunk, self.autocast, scale)
+            if self._nonfinite(out["contrastive_loss"]):
+                return self._skip_or_stop(out, lr)
             if self.scaler:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
@@ -315,6 +363,8 @@ class Trainer:
         with self.autocast:
             out = self.forward(v1, v2, labels, gather=gather, rank=self.env.rank)
         self.optimizer.zero_grad(set_to_none=True)
+        if self._nonfinite(out["loss"]):
+            return self._skip_or_stop(out, lr)
         if self.scaler:
             self.scaler.scale(out["loss"]).backward()
             self.scaler.step(self.optimizer)
@@ -323,6 +373,34 @@ class Trainer:
             out["loss"].backward()
             self.optimizer.step()
         self.step += 1
+        out["lr"] = torch.tensor(lr)
+        return out
+
+    def _any_rank(self, flag: bool) -> bool:
+        """True when ``flag`` holds on any rank (every rank must take the same branch)."""
+        if not self.env.distributed:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def _nonfinite(self, loss: torch.Tensor) -> bool:
+        # One host sync per step: the price of never applying a NaN update.
+        return self._any_rank(not bool(torch.isfinite(loss.detach()).all()))
+
+    def _skip_or_stop(self, out: dict, lr: float) -> dict:
+        self.optimizer.zero_grad(set_to_none=True)
+        if not self.cfg.train.skip_nonfinite:
+            raise NonFiniteLoss(
+                f"the loss became non-finite at step {self.step + 1} (epoch {self.epoch + 1}); stopped, and the last good "
+                f"checkpoint (epoch {self.epoch}) is kept. Lower optim.base_lr, use train.precision fp32, or set "
+                "train.skip_nonfinite true to skip such steps"
+            )
+        self.skipped += 1
+        self.step += 1
+        out["skipped"] = True
         out["lr"] = torch.tensor(lr)
         return out
 
@@ -365,13 +443,39 @@ class Trainer:
         history = []
         self.model.train()
         bs = t.batch_size
+        caught: dict[str, int | None] = {"signum": None}
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            def on_signal(signum, frame):  # finish the step in flight, then save and stop
+                caught["signum"] = signum
+
+            handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return self._epochs(history, caught, metrics_path, bs, main)
+        finally:
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
+
+    def _epochs(self, history, caught, metrics_path, bs, main) -> list[dict]:
+        cfg, t = self.cfg, self.cfg.train
         for epoch in range(self.epoch, t.epochs):
-            stats = StepStats.zeros(self.device)
+            start_step = self.step - epoch * self.steps_per_epoch  # > 0 when resuming mid-epoch
+            stats = self.stats if (start_step > 0 and self.stats is not None) else StepStats.zeros(self.device)
+            self.stats = stats
             bar = _progress(self.steps_per_epoch, f"epoch {epoch + 1}/{t.epochs}", t.progress and main)
+            if bar is not None and start_step:
+                bar.update(start_step)
             start = time.perf_counter()
-            for i, (x, y, _) in enumerate(self.batches.epoch(epoch)):
+            session_steps = 0
+            for i, (x, y, _) in enumerate(self.batches.epoch(epoch, start_step), start=start_step):
                 out = self.train_step(x, y)
                 stats.add(out)
+                session_steps += 1
+                if self._any_rank(caught["signum"] is not None):
+                    self.save(epoch_end=False)
+                    signum = caught["signum"] or signal.SIGTERM
+                    raise Interrupted(signum, f"interrupted by {signal.Signals(signum).name} at epoch {epoch + 1}, step "
+                                              f"{self.step}; checkpoint saved in {self.out}; continue with --resume")
                 if bar is not None:
                     bar.update(1)
                     if i % 10 == 0 or i == self.steps_per_epoch - 1:
@@ -382,12 +486,10 @@ class Trainer:
             elapsed = time.perf_counter() - start
             if bar is not None:
                 bar.close()
-            if not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"the loss became {loss} in epoch {epoch + 1}; the last good checkpoint is kept. "
-                    "Lower optim.base_lr or use train.precision fp32"
-                )
+            if not math.isfinite(loss):  # every step was skipped
+                raise NonFiniteLoss(f"no finite loss in epoch {epoch + 1}; the last good checkpoint is kept")
             self.epoch = epoch + 1
+            self.stats = None
             rec = {
                 "epoch": self.epoch,
                 "step": self.step,
@@ -395,8 +497,10 @@ class Trainer:
                 "contrastive_acc": all_reduce_mean(stats.acc / stats.n).item(),
                 "lr": warmup_cosine(self.step - 1, self.total_steps, self.warmup_steps, self.peak_lr),
                 "epoch_time": elapsed,
-                "images_per_sec": stats.n * bs / elapsed,  # global batch: every process's images
+                "images_per_sec": session_steps * bs / elapsed,  # global batch: every process's images
             }
+            if self.skipped:
+                rec["skipped_steps"] = self.skipped
             if self.num_classes:
                 rec["online_loss"] = all_reduce_mean(stats.online_loss / stats.n).item()
                 rec["online_acc"] = all_reduce_mean(stats.online_acc / stats.n).item()
