@@ -4,7 +4,6 @@
                                            or none of them for the single-process reference on 2N images)
 """
 
-import os
 import sys
 
 import torch

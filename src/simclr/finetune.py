@@ -9,15 +9,13 @@ layers (``from_head_layer=k``).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from simclr.eval import extract_features, topk_accuracy
-from simclr.probe import crop_flip
+from simclr.probe import train_classifier
 
 __all__ = ["balanced_subset", "Classifier", "finetune"]
 
@@ -85,27 +83,8 @@ def finetune(
     bs = min(batch_size, n)
     model = model.to(device).to(memory_format=torch.channels_last)
     lr = base_lr * bs / 256
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(seed)
-    aug = crop_flip(image_size)
-    steps_per_epoch = max(1, n // bs)
-    total, step = epochs * steps_per_epoch, 0
     model.train()
-    for epoch in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        run = 0.0
-        for s in range(steps_per_epoch):
-            idx = order[s * bs : (s + 1) * bs]
-            for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            x = aug(data.get(idx).to(device), gen if device.type == "cpu" else None)
-            loss = F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), data.labels[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            run += loss.item()
-            step += 1
-        log(f"finetune epoch {epoch + 1}/{epochs}: loss {run / steps_per_epoch:.4f}")
+    train_classifier(model, list(model.parameters()), data, image_size, device, epochs, bs, lr, seed, log, "finetune")
     model.eval()
 
     class _Features(nn.Module):

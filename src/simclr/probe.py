@@ -20,12 +20,43 @@ from torch import nn
 from simclr.augment import SimCLRAugment
 from simclr.eval import extract_features, topk_accuracy
 
-__all__ = ["linear_eval_lbfgs", "linear_eval_sgd", "stratified_split", "crop_flip"]
+__all__ = ["linear_eval_lbfgs", "linear_eval_sgd", "stratified_split", "crop_flip", "train_classifier"]
 
 
 def crop_flip(image_size: int) -> SimCLRAugment:
     """Random resized crop + horizontal flip only (the evaluation protocols' training views)."""
     return SimCLRAugment(image_size, color_strength=0.0, color_p=0.0, gray_p=0.0, blur_p=0.0)
+
+
+def train_classifier(logits_fn, params: list, data, image_size: int, device: torch.device, epochs: int, batch_size: int,
+                     lr: float, seed: int, log=print, name: str = "train") -> None:
+    """The evaluation protocols' optimisation: SGD + Nesterov momentum 0.9, no weight decay, a cosine
+    schedule per step from ``lr`` to 0, cross-entropy on random crop + flip views of ``data``.
+
+    ``logits_fn(x)`` maps views (B, 3, S, S) (channels_last) to logits; ``params`` are what it trains.
+    Deterministic for ``seed`` on CPU (data order and crops).
+    """
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    aug = crop_flip(image_size)
+    n = len(data)
+    steps_per_epoch = max(1, n // batch_size)
+    total, step = epochs * steps_per_epoch, 0
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        run = 0.0
+        for s in range(steps_per_epoch):
+            idx = order[s * batch_size : (s + 1) * batch_size]
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            x = aug(data.get(idx).to(device), gen if device.type == "cpu" else None)
+            loss = F.cross_entropy(logits_fn(x.contiguous(memory_format=torch.channels_last)), data.labels[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            run += loss.item()
+            step += 1
+        log(f"{name} epoch {epoch + 1}/{epochs}: loss {run / steps_per_epoch:.4f}")
 
 
 def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,34 +143,17 @@ def linear_eval_sgd(
     encoder.eval()
     for p in encoder.parameters():
         p.requires_grad_(False)
-    gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the classifier's initialisation, without touching the caller's RNG
         clf = nn.Linear(encoder.num_features, len(train.classes)).to(device)
     lr = base_lr * batch_size / 256
-    opt = torch.optim.SGD(clf.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=0.0)
-    aug = crop_flip(image_size)
-    n = len(train)
-    steps_per_epoch = max(1, n // batch_size)
-    total = epochs * steps_per_epoch
-    step = 0
-    for epoch in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        run_loss = 0.0
-        for s in range(steps_per_epoch):
-            idx = order[s * batch_size : (s + 1) * batch_size]
-            for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            x = aug(train.get(idx).to(device), gen if device.type == "cpu" else None)
-            with torch.no_grad():
-                h = encoder(x.contiguous(memory_format=torch.channels_last))
-            loss = F.cross_entropy(clf(h), train.labels[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            run_loss += loss.item()
-            step += 1
-        log(f"linear epoch {epoch + 1}/{epochs}: loss {run_loss / steps_per_epoch:.4f}")
+
+    def classify(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # the encoder stays frozen
+            h = encoder(x)
+        return clf(h)
+
+    train_classifier(classify, list(clf.parameters()), train, image_size, device, epochs, batch_size, lr, seed, log, "linear")
     with torch.no_grad():
         fte = extract_features(encoder, test.get, len(test), image_size, device)
         logits = clf(fte.to(device)).cpu()
