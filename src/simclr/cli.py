@@ -329,11 +329,12 @@ def _cmd_analyze(args) -> int:
     from simclr.engine import pick_device
     from simclr.eval import encoder_for
 
-    size = args.image_size
-    if args.checkpoint:
-        _, size, _ = encoder_for(args.checkpoint, args.arch, args.width, args.image_size, 0, args.seed)
+    encoder, size = None, args.image_size
+    if args.checkpoint:  # the checkpoint fixes the input size before the data is loaded
+        encoder, size, _ = encoder_for(args.checkpoint, args.arch, args.width, args.image_size, 0, args.seed)
     ds = load_dataset(args.data, size, args.data_dir, args.max_per_class)
-    encoder, size, meta = encoder_for(args.checkpoint, args.arch, args.width, args.image_size, ds.side, args.seed)
+    if encoder is None:
+        encoder, size, _ = encoder_for(None, args.arch, args.width, args.image_size, ds.side, args.seed)
     head = load_pretrained_head(args.checkpoint) if args.checkpoint else None
     res = analyze(encoder, head, ds, size, pick_device(args.device), args.out, max_images=args.max_images, seed=args.seed)
     if args.json:

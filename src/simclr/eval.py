@@ -183,13 +183,14 @@ def knn_evaluate(
     from simclr.engine import pick_device
 
     dev = pick_device(device)
-    size = image_size
-    if checkpoint:
-        _, size, _ = encoder_for(checkpoint, arch, width, image_size, 0, seed)
+    encoder, size = None, image_size
+    if checkpoint:  # the checkpoint fixes the input size before the data is loaded
+        encoder, size, _ = encoder_for(checkpoint, arch, width, image_size, 0, seed)
     train = load_labelled(train_spec, size, data_dir, max_per_class)
     test = load_labelled(test_spec, size or train.side, data_dir, max_per_class)
     check_same_classes(train, test)
-    encoder, size, _ = encoder_for(checkpoint, arch, width, image_size, train.side, seed)
+    if encoder is None:
+        encoder, size, _ = encoder_for(None, arch, width, image_size, train.side, seed)
     encoder = encoder.to(dev).to(memory_format=torch.channels_last)
     ftr = extract_features(encoder, train.get, len(train), size, dev, batch_size)
     fte = extract_features(encoder, test.get, len(test), size, dev, batch_size)

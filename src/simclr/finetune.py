@@ -86,16 +86,7 @@ def finetune(
     model.train()
     train_classifier(model, list(model.parameters()), data, image_size, device, epochs, bs, lr, seed, log, "finetune")
     model.eval()
-
-    class _Features(nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, x):
-            return self.m(x)
-
-    logits = extract_features(_Features(model), test.get, len(test), image_size, device)
+    logits = extract_features(model, test.get, len(test), image_size, device)
     res = topk_accuracy(logits, test.labels)
     res.update(label_fraction=label_fraction, num_labelled=n, epochs=epochs, batch_size=bs, lr=lr)
     return res
