@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from simclr.augment import center_resize
+from simclr.data.augment import center_resize
 from simclr.data import load_dataset
-from simclr.eval import encoder_for
-from simclr.export import export_encoder
-from simclr.models import resnet_from_state_dict
+from simclr.checkpoint import load_run
+from simclr.config import DataConfig
+from simclr.evaluate.export import export_encoder
+from simclr.model.resnet import resnet_from_state_dict
 
 
 def main(argv=None) -> dict:
@@ -33,8 +34,9 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
     import onnxruntime as ort
 
-    encoder, size, meta = encoder_for(a.checkpoint, "", 1.0, 0, 0)
-    ds = load_dataset(a.data, size)
+    run = load_run(a.checkpoint)
+    encoder, size = run.encoder, run.image_size
+    ds = load_dataset(a.data, DataConfig(image_size=size))
     x = center_resize(ds.get(torch.arange(min(a.n, len(ds)))), size)
     with torch.no_grad():
         ref = encoder(x).numpy()

@@ -15,8 +15,9 @@ import resource
 
 import torch
 
-from simclr.builder import build_simclr
-from simclr.engine import chunked_backward
+from simclr.config import Config, config_from_flat, resolve
+from simclr.model import SimCLR
+from simclr.train.step import cached_backward
 
 
 def _peak_mib() -> float:
@@ -33,14 +34,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--size", type=int, default=32)
     a = ap.parse_args(argv)
     torch.manual_seed(0)
-    model = build_simclr(a.arch, a.width, a.size <= 32, 2, 0, 128, True, 0.1)
+    cfg = config_from_flat({"model.arch": a.arch, "model.width": a.width}, Config())
+    model = SimCLR.from_config(resolve(cfg, a.size))
     x1 = torch.rand(a.batch, 3, a.size, a.size)
     x2 = torch.rand(a.batch, 3, a.size, a.size)
     before = _peak_mib()
     if a.mode == "plain":
         model(x1, x2)["loss"].backward()
     else:
-        chunked_backward(model, x1, x2, None, a.chunk)
+        cached_backward(model, x1, x2, None, a.chunk)
     after = _peak_mib()
     res = {"mode": a.mode, "batch": a.batch, "chunk": a.chunk if a.mode == "chunked" else None, "peak_before_mib": before,
            "peak_after_mib": after, "step_mib": after - before}

@@ -7,7 +7,7 @@ Both figures are in source images per second (each source image gives two views)
 
 - encoder alone: forward + backward of the encoder on 2B random tensors already on the device,
   in the training layout (channels_last) and precision, no head, no loss, no optimiser;
-- whole step: the real training step of ``simclr.engine.Trainer``: slicing a uint8 batch from
+- whole step: the real training step of ``simclr.train.Trainer``: slicing a uint8 batch from
   the loaded data, moving it to the device, augmenting both views there, encoder + head,
   NT-Xent + online probe, backward and LARS.
 
@@ -25,8 +25,10 @@ import time
 
 import torch
 
-from simclr.config import Config, apply_overrides, resolve, validate
-from simclr.engine import Trainer, autocast_for, load_data
+from simclr.config import Config, apply_overrides
+from simclr.runtime import autocast_for
+from simclr.train import Trainer
+from simclr.train.pretrain import load_training_data
 
 
 def _sync(device: torch.device) -> None:
@@ -88,9 +90,7 @@ def main(argv=None) -> dict:
         ("train.batch_size", str(args.batch_size)), ("train.device", args.device), ("train.precision", args.precision),
         ("train.compile", str(args.compile)), ("train.epochs", "1000"), ("train.progress", "false"),
     ])
-    validate(cfg)
-    data = load_data(cfg.data.path, cfg)
-    cfg = resolve(cfg, cfg.data.image_size or data.side)
+    cfg, data, _ = load_training_data(cfg)
     trainer = Trainer(cfg, data, None, log=lambda *_: None)
     b = args.batch_size
     it = _batches_forever(trainer)

@@ -32,3 +32,17 @@ def make(root: Path, n_good: int = 200) -> list[str]:
 
 if __name__ == "__main__":
     print(make(Path(sys.argv[1])))
+
+
+def write_jpeg(path: Path, size=(150, 120), seed: int = 0) -> Path:
+    """A real JPEG of random pixels (large enough to be streamed at the default in_memory_max_side)."""
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, "JPEG", quality=90)
+    return path
+
+
+def cut_after_header(path: Path, keep: int = 64) -> Path:
+    """Truncate a JPEG a few bytes into its scan data: the header still reads, decoding fails."""
+    data = path.read_bytes()
+    path.write_bytes(data[: data.index(b"\xff\xda") + keep])
+    return path

@@ -48,3 +48,14 @@ def tiny_run(tmp_path_factory) -> Path:
             "--out", str(out)]
     assert main(args) == 0
     return out
+
+
+def simclr_model(num_classes: int = 0, **keys):
+    """A small SimCLR module built from config keys (``model_width=0.25`` sets model.width); defaults:
+    ResNet-18 width 0.125 with the CIFAR stem, a 2-layer head to 32-d, temperature 0.5."""
+    from simclr.config import Config, config_from_flat
+    from simclr.model import SimCLR
+
+    flat = {"model.arch": "resnet18", "model.width": 0.125, "model.cifar_stem": True, "head.out_dim": 32, "loss.temperature": 0.5}
+    flat.update({k.replace("_", ".", 1): v for k, v in keys.items()})
+    return SimCLR.from_config(config_from_flat(flat, Config()), num_classes)

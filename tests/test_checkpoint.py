@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from simclr.checkpoint import CheckpointError, load_checkpoint, load_encoder, save_checkpoint, save_encoder
-from simclr.models import resnet18
+from simclr.model.resnet import resnet18
 
 
 def test_round_trip(tmp_path):

@@ -77,6 +77,7 @@ def test_misuse_exits_2_with_one_line(args, msg):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_resume_after_kill_continues(tmp_path):
     """Acceptance check 7: killed after epoch 3, `--resume` continues from epoch 4."""
     out = tmp_path / "run"
@@ -138,15 +139,17 @@ def test_labelled_folder_with_val(tmp_path):
 def test_encoder_from_run_loads_into_fresh_model(tmp_path):
     out = tmp_path / "run"
     assert main(["pretrain", *TINY, "--epochs", "1", "--out", str(out), "--monitor.knn_every", "0"]) == 0
-    from simclr.checkpoint import load_encoder, load_pretrained_encoder
+    from simclr.checkpoint import load_encoder, load_run
 
-    enc, meta = load_pretrained_encoder(out)
+    run = load_run(out)
+    enc, meta = run.encoder, run.meta
     assert meta["arch"] == "resnet18" and meta["image_size"] == 16 and meta["cifar_stem"] is True
     sd = load_encoder(out / "encoder.safetensors")
     for k, v in enc.state_dict().items():
         assert torch.equal(sd[k], v)
 
 
+@pytest.mark.slow
 def test_more_misuses_exit_2(tmp_path):
     """Issue 5, check 5 (with the list above): every misuse exits 2 with one line and no traceback."""
     from bad_images import make
@@ -178,9 +181,9 @@ def test_more_misuses_exit_2(tmp_path):
         (["pretrain", *TINY, "--epochs", "2", "--out", str(run), "--resume", "--arch", "resnet34"], "model.arch"),
         (["knn", "--checkpoint", str(run), "--train-data", str(flat), "--test-data", str(flat)], "no labels"),
         (["finetune", "--checkpoint", str(run), "--train-data", "synthetic", "--test-data", "synthetic:test", "--label-fraction", "2"],
-         "label-fraction"),
+         "label_fraction"),
         (["frobnicate"], "invalid choice"),
-        (["knn", "--train-data", "synthetic", "--test-data", "synthetic:test"], "one of the arguments"),
+        (["knn", "--train-data", "synthetic", "--test-data", "synthetic:test"], "exactly one of --checkpoint"),
     ]
     if not torch.cuda.is_available():
         cases.append((["pretrain", "--data", "synthetic", "--device", "cuda"], "no CUDA GPU"))
@@ -215,3 +218,28 @@ def test_bad_images_are_skipped_and_listed(tmp_path):
     r = _run_cli(["pretrain", "--data", str(data), "--strict", "--device", "cpu", "--out", str(tmp_path / "strict")])
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert unreadable[0] in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_streamed_folder_with_broken_files_trains_at_224(tmp_path):
+    """Issue 8, check 4: 120 px JPEGs (streamed, trained at 224 px by a ResNet-18 of width 0.125, the shape that
+    crashed oneDNN) with one file truncated after a valid header and one empty file: the run finishes and
+    bad_files.txt lists both."""
+    from bad_images import cut_after_header, write_jpeg
+
+    data = tmp_path / "photos"
+    for c in ("a", "b"):
+        (data / c).mkdir(parents=True)
+        for i in range(12):
+            write_jpeg(data / c / f"{i:02d}.jpg", size=(120, 120), seed=i + (100 if c == "b" else 0))
+    truncated = cut_after_header(data / "a" / "05.jpg")
+    empty = data / "b" / "empty.jpg"
+    empty.write_bytes(b"")
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "simclr", "pretrain", "--data", str(data), "--arch", "resnet18", "--width", "0.125",
+                        "--batch-size", "8", "--epochs", "1", "--device", "cpu", "--out", str(out), "--train.progress", "false",
+                        "--monitor.knn_every", "0", "--data.num_workers", "1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "image_size: 224" in (out / "config.yaml").read_text()
+    listed = {line.split("\t")[0]: line.split("\t")[1] for line in (out / "bad_files.txt").read_text().splitlines()}
+    assert set(listed) == {str(truncated), str(empty)}, listed
+    assert json.loads((out / "metrics.jsonl").read_text())["step"] == 24 // 8  # 24 indexed (the empty file is dropped at indexing): every step ran

@@ -54,7 +54,7 @@ def test_bad_types(key, value, msg):
     ("model.width", "0", "width must be > 0"),
     ("model.arch", "resnet19", "model.arch 'resnet19' is unknown"),
     ("optim.name", "adam", "optim.name 'adam' is unknown"),
-    ("augment.gray_p", "1.2", "gray_p must be in"),
+    ("augment.gray_p", "1.2", "gray_p must be <= 1"),
     ("train.epochs", "0", "epochs must be >= 1"),
 ])
 def test_invalid_values(key, value, msg):

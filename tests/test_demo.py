@@ -5,11 +5,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from simclr.demo import run_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_demo_short(tmp_path):
     res = run_demo(out=str(tmp_path / "demo"), device="cpu", epochs=1, log=lambda *_: None)
     assert 0 <= res["trained_top1"] <= 1 and 0 <= res["random_init_top1"] <= 1

@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["CheckpointError", "atomic_write", "save_checkpoint", "load_checkpoint", "save_encoder", "load_encoder", "find_checkpoint"]
+__all__ = ["CheckpointError", "Pretrained", "atomic_write", "save_checkpoint", "load_checkpoint", "save_encoder", "load_encoder",
+           "find_checkpoint", "load_run"]
 
 
 class CheckpointError(ValueError):
@@ -85,47 +87,50 @@ def load_encoder(path: str | Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def load_pretrained_encoder(run: str | Path):
-    """The encoder of a pretraining run (folder or checkpoint.pt) and its metadata.
+@dataclass
+class Pretrained:
+    """What a pretraining run holds for later use (see ``load_run``).
 
-    Returns (encoder in eval mode, {"arch", "width", "cifar_stem", "image_size", "epoch"}).
+    ``encoder`` and ``head`` are in eval mode with their trained weights; ``image_size`` is the
+    training resolution; ``meta`` has arch, width, cifar_stem, image_size and epoch; ``config`` is
+    the saved (resolved) config as a nested dict.
     """
-    from simclr.models import ARCHITECTURES, build_encoder
 
-    state = load_checkpoint(run)
+    encoder: torch.nn.Module
+    head: torch.nn.Module
+    image_size: int
+    meta: dict[str, Any]
+    config: dict[str, Any]
+    path: Path
+
+
+def load_run(run: str | Path) -> Pretrained:
+    """Read a pretraining run (its folder or checkpoint.pt) once: encoder, projection head, metadata."""
+    from simclr.model.head import ProjectionHead
+    from simclr.model.resnet import ARCHITECTURES, build_encoder
+
+    path = find_checkpoint(run)
+    state = load_checkpoint(path)
     try:
         cfg = state["config"]
-        m = cfg["model"]
+        m, h = cfg["model"], cfg["head"]
         meta = {"arch": m["arch"], "width": float(m["width"]), "cifar_stem": bool(m["cifar_stem"]),
                 "image_size": int(cfg["data"]["image_size"]), "epoch": int(state["epoch"])}
-    except (KeyError, TypeError, ValueError):
+        weights = state["model"]
+        if meta["arch"] not in ARCHITECTURES:
+            raise CheckpointError(f"{run}: unknown architecture {meta['arch']!r}")
+        encoder = build_encoder(meta["arch"], width=meta["width"], cifar_stem=meta["cifar_stem"])
+        head = ProjectionHead(encoder.num_features, num_layers=int(h["num_layers"]), hidden_dim=int(h["hidden_dim"] or 0) or None,
+                              out_dim=int(h["out_dim"]), bn=bool(h["bn"]))
+    except (KeyError, TypeError, ValueError, AttributeError):
         raise CheckpointError(f"{run} is not a simclr pretraining checkpoint") from None
-    if meta["arch"] not in ARCHITECTURES:
-        raise CheckpointError(f"{run}: unknown architecture {meta['arch']!r}")
-    encoder = build_encoder(meta["arch"], width=meta["width"], cifar_stem=meta["cifar_stem"])
-    weights = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
-    try:
-        encoder.load_state_dict(weights)
-    except RuntimeError as e:
-        raise CheckpointError(f"{run}: encoder weights do not fit {meta['arch']}: {str(e).splitlines()[0]}") from None
-    return encoder.eval(), meta
-
-
-def load_pretrained_head(run: str | Path):
-    """The projection head g of a pretraining run, weights loaded, in eval mode."""
-    from simclr.heads import ProjectionHead
-    from simclr.models import build_encoder
-
-    state = load_checkpoint(run)
-    try:
-        m, h = state["config"]["model"], state["config"]["head"]
-        num_features = build_encoder(m["arch"], width=float(m["width"]), cifar_stem=bool(m["cifar_stem"])).num_features
-        head = ProjectionHead(num_features, int(h["num_layers"]), int(h["hidden_dim"]) or num_features, int(h["out_dim"]), bool(h["bn"]))
-    except (KeyError, TypeError, ValueError):
-        raise CheckpointError(f"{run} is not a simclr pretraining checkpoint") from None
-    weights = {k[len("head."):]: v for k, v in state["model"].items() if k.startswith("head.")}
-    try:
-        head.load_state_dict(weights)
-    except RuntimeError as e:
-        raise CheckpointError(f"{run}: head weights do not fit: {str(e).splitlines()[0]}") from None
-    return head.eval()
+    for name, module in (("encoder", encoder), ("head", head)):
+        part = {k[len(name) + 1 :]: v for k, v in weights.items() if k.startswith(name + ".")}
+        try:
+            module.load_state_dict(part)
+        except RuntimeError as e:
+            raise CheckpointError(f"{run}: {name} weights do not fit {meta['arch']}: {str(e).splitlines()[0]}") from None
+        bad = [k for k, v in part.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise CheckpointError(f"{run}: the {name} holds non-finite weights ({bad[0]}); the run diverged")
+    return Pretrained(encoder.eval(), head.eval(), meta["image_size"], meta, cfg, path)

@@ -1,4 +1,4 @@
-"""Command line: parses arguments and dispatches; the work lives in the library modules.
+"""Command line: parses arguments into a command's typed config and dispatches; the work lives in the library.
 
     simclr pretrain --data PATH [--config FILE.yaml] [--section.key VALUE ...]
     simclr knn (--checkpoint RUN | --random-init --arch A --width W) --train-data P --test-data P [--json]
@@ -6,9 +6,12 @@
     simclr embed --checkpoint RUN --data P --out DIR [--projection]
     simclr export --checkpoint RUN --format safetensors|torchvision|onnx --out FILE
     simclr analyze (--checkpoint RUN | --random-init ...) --data P --out DIR
+    simclr config [COMMAND]      every key of a command, its default and what it does
     simclr demo [--out DIR]
 
-User errors (bad config, missing data, unusable checkpoint) print one line and exit with status 2.
+Every command except demo takes ``--config FILE.yaml`` and any key of its config as ``--section.key VALUE``;
+the short flags below are aliases of keys. User errors (bad values, missing data, unusable checkpoints)
+print one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -17,20 +20,37 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["main", "FLAGS"]
 
-# Short flags of `pretrain` and the config keys they set.
-SHORTCUTS = {
-    "data": "data.path",
-    "arch": "model.arch",
-    "width": "model.width",
-    "epochs": "train.epochs",
-    "batch_size": "train.batch_size",
-    "out": "train.out",
-    "device": "train.device",
-    "seed": "train.seed",
+# Short flags of each command and the config keys they set. Flags in SWITCHES take no value.
+_ENCODER = {"checkpoint": "encoder.checkpoint", "random-init": "encoder.random_init", "arch": "encoder.arch",
+            "width": "encoder.width"}
+_EVAL = {"image-size": "data.image_size", "max-per-class": "data.max_per_class", "data-dir": "data.data_dir",
+         "batch-size": "eval.batch_size", "device": "eval.device", "seed": "eval.seed", "json": "eval.json", "out": "eval.out"}
+_TRAIN_TEST = {"train-data": "data.path", "test-data": "data.val_path"}
+FLAGS: dict[str, dict[str, str]] = {
+    "pretrain": {"data": "data.path", "arch": "model.arch", "width": "model.width", "epochs": "train.epochs",
+                 "batch-size": "train.batch_size", "out": "train.out", "device": "train.device", "seed": "train.seed",
+                 "resume": "train.resume", "strict": "data.strict"},
+    "knn": {**_ENCODER, **_EVAL, **_TRAIN_TEST, "k": "knn.k", "temperature": "knn.temperature"},
+    "linear": {**_ENCODER, **_EVAL, **_TRAIN_TEST, "solver": "linear.solver", "epochs": "linear.epochs", "lr": "linear.lr",
+               "grid": "linear.grid", "val-fraction": "linear.val_fraction"},
+    "finetune": {**_ENCODER, **_EVAL, **_TRAIN_TEST, "label-fraction": "finetune.label_fraction", "epochs": "finetune.epochs",
+                 "lr": "finetune.lr", "from-head-layer": "finetune.from_head_layer"},
+    "embed": {**_ENCODER, **_EVAL, "data": "data.path", "projection": "embed.projection"},
+    "export": {"checkpoint": "encoder.checkpoint", "format": "export.format", "out": "eval.out", "device": "eval.device"},
+    "analyze": {**_ENCODER, **_EVAL, "data": "data.path", "max-images": "analyze.max_images"},
+}
+SWITCHES = {"random-init", "json", "resume", "strict", "projection"}
+HELP = {
+    "pretrain": "SimCLR pretraining",
+    "knn": "weighted kNN accuracy of an encoder's h",
+    "linear": "linear evaluation of the frozen encoder (SGD or L-BFGS)",
+    "finetune": "semi-supervised fine-tuning on a fraction of the labels",
+    "embed": "write the representation of every image (embeddings.npy + index.csv)",
+    "export": "export the encoder alone",
+    "analyze": "alignment, uniformity, rank, collapse check, t-SNE map, neighbours",
 }
 
 
@@ -38,26 +58,11 @@ class UsageError(ValueError):
     pass
 
 
-def _pairs(rest: list[str]) -> list[tuple[str, str]]:
-    """['--loss.temperature', '0.2', '--a.b=c'] -> [('loss.temperature', '0.2'), ('a.b', 'c')]."""
-    pairs, i = [], 0
-    while i < len(rest):
-        tok = rest[i]
-        if not tok.startswith("--"):
-            raise UsageError(f"unexpected argument {tok!r}; config keys are given as --section.key VALUE")
-        key = tok[2:]
-        if "=" in key:
-            key, val = key.split("=", 1)
-            i += 1
-        else:
-            if i + 1 >= len(rest) or (rest[i + 1].startswith("--") and not _is_number(rest[i + 1])):
-                raise UsageError(f"{tok} needs a value")
-            val = rest[i + 1]
-            i += 2
-        if "." not in key:
-            raise UsageError(f"unknown option --{key}; config keys look like --section.key (see `simclr pretrain --help`)")
-        pairs.append((key, val))
-    return pairs
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (status 2), like every other usage error of simclr."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _is_number(s: str) -> bool:
@@ -68,307 +73,158 @@ def _is_number(s: str) -> bool:
         return False
 
 
-def _pretrain_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "pretrain",
-        help="SimCLR pretraining",
-        description="Pretrain an encoder with SimCLR. Any config key can be set as --section.key VALUE "
-        "(e.g. --loss.temperature 0.2, --augment.blur false); run `simclr config` to list them.",
-    )
-    p.add_argument("--config", help="YAML recipe (see configs/)")
-    p.add_argument("--data", help="image folder, cifar10, cifar100 or synthetic")
-    p.add_argument("--arch", help="resnet18/34/50/101/152")
-    p.add_argument("--width", help="width multiplier, e.g. 1, 2, 4, 0.25")
-    p.add_argument("--epochs")
-    p.add_argument("--batch-size", dest="batch_size")
-    p.add_argument("--out", help="run folder")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--seed")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
-    return p
-
-
-def _knn_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("knn", help="weighted kNN accuracy of an encoder's h")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="run folder or checkpoint.pt")
-    src.add_argument("--random-init", action="store_true", help="a randomly initialised encoder (baseline)")
-    p.add_argument("--arch", default="resnet18")
-    p.add_argument("--width", type=float, default=1.0)
-    p.add_argument("--train-data", required=True)
-    p.add_argument("--test-data", required=True)
-    p.add_argument("--k", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.1)
-    p.add_argument("--image-size", type=int, default=0, help="input size (default: the checkpoint's, or the data's)")
-    p.add_argument("--max-per-class", type=int, default=0)
-    p.add_argument("--data-dir", default="")
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="end with one JSON line")
-    return p
-
-
-def _encoder_args(p: argparse.ArgumentParser, random_init: bool = True) -> None:
-    if random_init:
-        src = p.add_mutually_exclusive_group(required=True)
-        src.add_argument("--checkpoint", help="run folder or checkpoint.pt")
-        src.add_argument("--random-init", action="store_true", help="a randomly initialised encoder (baseline)")
-    else:
-        p.add_argument("--checkpoint", required=True, help="run folder or checkpoint.pt")
-    p.add_argument("--arch", default="resnet18", help="with --random-init")
-    p.add_argument("--width", type=float, default=1.0, help="with --random-init")
-    p.add_argument("--image-size", type=int, default=0, help="input size (default: the checkpoint's, or the data's)")
-    p.add_argument("--max-per-class", type=int, default=0)
-    p.add_argument("--data-dir", default="")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-
-
-def _eval_parsers(sub) -> None:
-    p = sub.add_parser("linear", help="linear evaluation of the frozen encoder (SGD or L-BFGS)")
-    _encoder_args(p)
-    p.add_argument("--train-data", required=True)
-    p.add_argument("--test-data", required=True)
-    p.add_argument("--solver", choices=("sgd", "lbfgs"), default="sgd")
-    p.add_argument("--epochs", type=int, default=90, help="sgd: epochs")
-    p.add_argument("--lr", type=float, default=0.1, help="sgd: base lr, scaled by B/256")
-    p.add_argument("--grid", type=int, default=12, help="lbfgs: number of L2 strengths tried in [1e-6, 1e5]")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="lbfgs: validation share of the training data")
-    p.add_argument("--out", help="folder for linear.json (default: the run folder)")
-    p.add_argument("--json", action="store_true", help="end with one JSON line")
-
-    f = sub.add_parser("finetune", help="semi-supervised fine-tuning on a fraction of the labels")
-    _encoder_args(f)
-    f.add_argument("--train-data", required=True)
-    f.add_argument("--test-data", required=True)
-    f.add_argument("--label-fraction", type=float, default=0.1)
-    f.add_argument("--epochs", type=int, default=30)
-    f.add_argument("--lr", type=float, default=0.05, help="base lr, scaled by B/256")
-    f.add_argument("--from-head-layer", type=int, default=0, help="SimCLRv2: classify from this projection-head layer")
-    f.add_argument("--out", help="folder for results and the chosen label list (default: RUN/finetune-FRACTION)")
-    f.add_argument("--json", action="store_true")
-
-    e = sub.add_parser("embed", help="write the representation of every image (embeddings.npy + index.csv)")
-    _encoder_args(e, random_init=False)
-    e.add_argument("--data", required=True)
-    e.add_argument("--out", required=True)
-    e.add_argument("--projection", action="store_true", help="write z = g(h) instead of h")
-
-    x = sub.add_parser("export", help="export the encoder alone")
-    x.add_argument("--checkpoint", required=True)
-    x.add_argument("--format", required=True, choices=("safetensors", "torchvision", "onnx"))
-    x.add_argument("--out", required=True)
-
-    a = sub.add_parser("analyze", help="alignment, uniformity, rank, collapse check, t-SNE map, neighbours")
-    _encoder_args(a)
-    a.add_argument("--data", required=True)
-    a.add_argument("--out", required=True)
-    a.add_argument("--max-images", type=int, default=2000)
-    a.add_argument("--json", action="store_true")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (status 2), like every other usage error of simclr."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+def _pairs(rest: list[str]) -> list[tuple[str, str]]:
+    """['--loss.temperature', '0.2', '--a.b=c'] -> [('loss.temperature', '0.2'), ('a.b', 'c')]."""
+    pairs, i = [], 0
+    while i < len(rest):
+        tok = rest[i]
+        if not tok.startswith("--"):
+            raise UsageError(f"unexpected argument {tok[:80]!r}; config keys are given as --section.key VALUE")
+        key = tok[2:]
+        if "=" in key:
+            key, val = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(rest) or (rest[i + 1].startswith("--") and not _is_number(rest[i + 1])):
+                raise UsageError(f"{tok[:80]} needs a value")
+            val = rest[i + 1]
+            i += 2
+        if "." not in key:
+            raise UsageError(f"unknown option --{key[:80]}; config keys look like --section.key (see `simclr config`)")
+        pairs.append((key, val))
+    return pairs
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from simclr.config import COMMAND_CONFIGS, key_help
+
     parser = _Parser(prog="simclr", description="SimCLR: contrastive self-supervised learning of visual representations")
+    parser.add_argument("--version", action="version", version=f"simclr {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    _pretrain_parser(sub)
-    _knn_parser(sub)
-    _eval_parsers(sub)
+    for command, flags in FLAGS.items():
+        p = sub.add_parser(command, help=HELP[command],
+                           description=f"{HELP[command]}. Any key of `simclr config {command}` can be given as "
+                                       "--section.key VALUE; the flags below are short names of keys.")
+        p.add_argument("--config", help="YAML file of keys (see configs/ and `simclr config " + command + "`)")
+        cls = COMMAND_CONFIGS[command]
+        for flag, dotted in flags.items():
+            name = dotted.split(".")[1]
+            helptext = f"{key_help(cls, dotted)} ({dotted})"
+            if flag in SWITCHES:
+                p.add_argument(f"--{flag}", dest=dotted, action="store_const", const="true", default=None, help=helptext)
+            else:
+                p.add_argument(f"--{flag}", dest=dotted, default=None, metavar=name.upper(), help=helptext)
     d = sub.add_parser("demo", help="pretrain on a synthetic set and compare kNN with a random encoder")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--epochs", type=int, default=None)
     d.add_argument("--device", default="auto")
-    c = sub.add_parser("config", help="print the default config (or a recipe) as YAML")
-    c.add_argument("--config", help="YAML recipe to print resolved on top of the defaults")
+    c = sub.add_parser("config", help="list a command's keys with their defaults, or print a recipe resolved on the defaults")
+    c.add_argument("for_command", nargs="?", default="pretrain", choices=list(FLAGS), metavar="COMMAND",
+                   help="pretrain (default), " + ", ".join(list(FLAGS)[1:]))
+    c.add_argument("--config", help="YAML recipe to print on top of the defaults")
     return parser
 
 
-def _cmd_pretrain(args, rest) -> int:
-    from simclr import config as C
-    from simclr.engine import pretrain
+def _version() -> str:
+    from simclr import __version__
 
-    cfg = C.load_config(args.config) if args.config else C.Config()
-    flat = {SHORTCUTS[k]: v for k, v in vars(args).items() if k in SHORTCUTS and v is not None}
-    cfg = C.config_from_flat(flat, cfg)
-    cfg = C.apply_overrides(cfg, _pairs(rest))
-    if args.resume:
-        cfg.train.resume = True
-    if args.strict:
-        cfg.data.strict = True
+    return __version__
+
+
+def _command_config(command: str, args: argparse.Namespace, rest: list[str]):
+    """The command's typed config: defaults <- --config FILE <- short flags <- --section.key VALUE."""
+    from simclr.config import COMMAND_CONFIGS, apply_overrides, config_from_flat, load_config
+
+    cls = COMMAND_CONFIGS[command]
+    cfg = load_config(args.config, cls=cls) if args.config else cls()
+    flat = {dotted: v for dotted in FLAGS[command].values() if (v := getattr(args, dotted, None)) is not None}
+    cfg = config_from_flat(flat, cfg)
+    return apply_overrides(cfg, _pairs(rest))
+
+
+def _print_scores(name: str, res: dict, as_json: bool) -> None:
+    print(f"{name}: top1 {res['top1']:.4f}  top5 {res['top5']:.4f}")
+    if as_json:
+        print(json.dumps(res))
+
+
+def _pretrain(cfg) -> int:
+    from simclr.train import pretrain
+
     run = pretrain(cfg)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         print(f"done: {run}")
     return 0
 
 
-def _cmd_knn(args) -> int:
-    from simclr.eval import knn_evaluate
+def _knn(cfg) -> int:
+    from simclr.evaluate.knn import knn_evaluate
 
-    res = knn_evaluate(
-        checkpoint=args.checkpoint, arch=args.arch, width=args.width, train_spec=args.train_data, test_spec=args.test_data,
-        k=args.k, temperature=args.temperature, image_size=args.image_size, max_per_class=args.max_per_class,
-        data_dir=args.data_dir, batch_size=args.batch_size, device=args.device, seed=args.seed,
-    )
-    print(f"kNN (k={args.k}, T={args.temperature}): top1 {res['top1']:.4f}  top5 {res['top5']:.4f}")
-    if args.json:
+    res = knn_evaluate(cfg)
+    print(f"kNN (k={cfg.knn.k}, T={cfg.knn.temperature}): top1 {res['top1']:.4f}  top5 {res['top5']:.4f}")
+    if cfg.eval.json:
         print(json.dumps(res))
     return 0
 
 
-def _prepare(args, train_spec: str, test_spec: str | None = None):
-    """Encoder, image size, device and data for the evaluation commands."""
-    from simclr.engine import pick_device
-    from simclr.eval import check_same_classes, encoder_for, load_labelled
+def _linear(cfg) -> int:
+    from simclr.evaluate.linear import linear_evaluate
 
-    size = args.image_size
-    if args.checkpoint:
-        encoder, size, meta = encoder_for(args.checkpoint, args.arch, args.width, args.image_size, 0, args.seed)
-    train = load_labelled(train_spec, size, args.data_dir, args.max_per_class)
-    test = None
-    if test_spec:
-        test = load_labelled(test_spec, size or train.side, args.data_dir, args.max_per_class)
-        check_same_classes(train, test)
-    if not args.checkpoint:
-        encoder, size, meta = encoder_for(None, args.arch, args.width, args.image_size, train.side, args.seed)
-    return encoder, size, meta, pick_device(args.device), train, test
-
-
-def _finish(args, name: str, res: dict, default_out: str | None) -> int:
-    from simclr.eval import write_result
-
-    out = getattr(args, "out", None) or default_out
-    if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        write_result(out, name, res)
-    print(f"{name}: top1 {res['top1']:.4f}  top5 {res['top5']:.4f}")
-    if args.json:
-        print(json.dumps(res))
+    _print_scores("linear", linear_evaluate(cfg), cfg.eval.json)
     return 0
 
 
-def _cmd_linear(args) -> int:
-    from simclr.probe import linear_eval_lbfgs, linear_eval_sgd
+def _finetune(cfg) -> int:
+    from simclr.evaluate.finetune import finetune_evaluate
 
-    encoder, size, meta, dev, train, test = _prepare(args, args.train_data, args.test_data)
-    encoder = encoder.to(dev).to(memory_format=torch_channels_last())
-    if args.solver == "lbfgs":
-        res = linear_eval_lbfgs(encoder, train, test, size, dev, num_grid=args.grid, val_fraction=args.val_fraction, seed=args.seed)
-    else:
-        res = linear_eval_sgd(encoder, train, test, size, dev, epochs=args.epochs, batch_size=args.batch_size, base_lr=args.lr, seed=args.seed)
-    res.update(encoder=str(args.checkpoint or "random-init"), image_size=size, num_train=len(train), num_test=len(test))
-    return _finish(args, "linear", res, args.checkpoint if args.checkpoint and Path(args.checkpoint).is_dir() else None)
-
-
-def _cmd_finetune(args) -> int:
-    from simclr.checkpoint import load_pretrained_head
-    from simclr.finetune import Classifier, finetune
-
-    if not 0 < args.label_fraction <= 1:
-        raise UsageError(f"--label-fraction must be in (0, 1], got {args.label_fraction}")
-    encoder, size, meta, dev, train, test = _prepare(args, args.train_data, args.test_data)
-    head = None
-    if args.from_head_layer:
-        if not args.checkpoint:
-            raise UsageError("--from-head-layer needs --checkpoint (a random head has nothing to offer)")
-        head = load_pretrained_head(args.checkpoint)
-        if not 0 < args.from_head_layer <= len(head.layers):
-            raise UsageError(f"--from-head-layer must be in 1..{len(head.layers)} for this checkpoint")
-    torch_seed(args.seed)  # the classifier's initialisation
-    model = Classifier(encoder, len(train.classes), head, args.from_head_layer)
-    if args.checkpoint and Path(args.checkpoint).is_dir():
-        default_out = str(Path(args.checkpoint) / f"finetune-{args.label_fraction:g}")
-    else:
-        default_out = f"runs/finetune-random-{args.label_fraction:g}"
-    out = args.out or default_out
-    res = finetune(model, train, test, size, dev, args.label_fraction, epochs=args.epochs, batch_size=args.batch_size,
-                   base_lr=args.lr, seed=args.seed, out=out)
-    res.update(encoder=str(args.checkpoint or "random-init"), from_head_layer=args.from_head_layer, image_size=size)
-    args.out = out
-    return _finish(args, "finetune", res, out)
-
-
-def _cmd_embed(args) -> int:
-    from simclr.checkpoint import load_pretrained_head
-    from simclr.data import load_dataset
-    from simclr.engine import pick_device
-    from simclr.eval import encoder_for
-    from simclr.export import embed_dataset, write_embeddings
-
-    encoder, size, meta = encoder_for(args.checkpoint, args.arch, args.width, args.image_size, 0, args.seed)
-    ds = load_dataset(args.data, size, args.data_dir, args.max_per_class)
-    head = load_pretrained_head(args.checkpoint) if args.projection else None
-    emb = embed_dataset(encoder, ds, size, pick_device(args.device), head, args.batch_size)
-    write_embeddings(args.out, emb, ds.names(args.data), ds.labels, ds.classes)
-    print(f"wrote {emb.shape[0]} x {emb.shape[1]} {'projections z' if head else 'representations h'} to {args.out}")
+    _print_scores("finetune", finetune_evaluate(cfg), cfg.eval.json)
     return 0
 
 
-def _cmd_export(args) -> int:
-    from simclr.eval import encoder_for
-    from simclr.export import export_encoder
+def _embed(cfg) -> int:
+    from simclr.evaluate.export import embed
 
-    encoder, size, meta = encoder_for(args.checkpoint, "", 1.0, 0, 0)
-    path = export_encoder(encoder, args.format, args.out, size, meta)
-    print(f"wrote {args.format} encoder ({meta['arch']}, width {meta['width']}, input {size}px in [0, 1]) to {path}")
+    embed(cfg)
     return 0
 
 
-def _cmd_analyze(args) -> int:
-    from simclr.analyze import analyze
-    from simclr.checkpoint import load_pretrained_head
-    from simclr.data import load_dataset
-    from simclr.engine import pick_device
-    from simclr.eval import encoder_for
+def _export(cfg) -> int:
+    from simclr.evaluate.export import export
 
-    encoder, size = None, args.image_size
-    if args.checkpoint:  # the checkpoint fixes the input size before the data is loaded
-        encoder, size, _ = encoder_for(args.checkpoint, args.arch, args.width, args.image_size, 0, args.seed)
-    ds = load_dataset(args.data, size, args.data_dir, args.max_per_class)
-    if encoder is None:
-        encoder, size, _ = encoder_for(None, args.arch, args.width, args.image_size, ds.side, args.seed)
-    head = load_pretrained_head(args.checkpoint) if args.checkpoint else None
-    res = analyze(encoder, head, ds, size, pick_device(args.device), args.out, max_images=args.max_images, seed=args.seed)
-    if args.json:
+    export(cfg)
+    return 0
+
+
+def _analyze(cfg) -> int:
+    from simclr.evaluate.analyze import analyze_run
+
+    res = analyze_run(cfg)
+    if cfg.eval.json:
         print(json.dumps({k: v for k, v in res.items() if k != "std_per_dim_h"}))
     return 0
 
 
-def torch_seed(seed: int) -> None:
-    import torch
-
-    torch.manual_seed(seed)
+RUNNERS = {"pretrain": _pretrain, "knn": _knn, "linear": _linear, "finetune": _finetune, "embed": _embed,
+           "export": _export, "analyze": _analyze}
 
 
-def torch_channels_last():
-    import torch
-
-    return torch.channels_last
-
-
-def _cmd_demo(args) -> int:
+def _demo(args) -> int:
     from simclr.demo import run_demo
 
-    res = run_demo(out=args.out, device=args.device, epochs=args.epochs)
-    print(json.dumps(res))
+    print(json.dumps(run_demo(out=args.out, device=args.device, epochs=args.epochs)))
     return 0
 
 
-def _cmd_config(args) -> int:
+def _config(args) -> int:
     import yaml
 
-    from simclr import config as C
+    from simclr.config import COMMAND_CONFIGS, config_to_dict, describe, load_config
 
-    cfg = C.load_config(args.config) if args.config else C.Config()
-    print(yaml.safe_dump(C.config_to_dict(cfg), sort_keys=False), end="")
+    cls = COMMAND_CONFIGS[args.for_command]
+    if args.config:
+        print(yaml.safe_dump(config_to_dict(load_config(args.config, cls=cls)), sort_keys=False), end="")
+    else:
+        print(describe(cls), end="")
     return 0
 
 
@@ -376,25 +232,19 @@ def main(argv: list[str] | None = None) -> int:
     from simclr.checkpoint import CheckpointError
     from simclr.config import ConfigError
     from simclr.data import DataError
-    from simclr.engine import Interrupted
+    from simclr.train import Interrupted
 
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     args, rest = parser.parse_known_args(argv)
     try:
-        if args.command != "pretrain" and rest:
-            raise UsageError(f"unrecognised arguments: {' '.join(rest)}")
-        if args.command == "pretrain":
-            return _cmd_pretrain(args, rest)
-        if args.command == "knn":
-            return _cmd_knn(args)
-        if args.command == "demo":
-            return _cmd_demo(args)
-        if args.command in ("linear", "finetune", "embed", "export", "analyze"):
-            return globals()[f"_cmd_{args.command}"](args)
-        return _cmd_config(args)
+        if args.command in RUNNERS:
+            return RUNNERS[args.command](_command_config(args.command, args, rest))
+        if rest:
+            raise UsageError(f"unrecognised arguments: {' '.join(rest)[:200]}")
+        return _demo(args) if args.command == "demo" else _config(args)
     except (ConfigError, DataError, CheckpointError, UsageError, FloatingPointError) as e:
-        print(f"simclr {args.command}: error: {e}", file=sys.stderr)
+        print(f"simclr {args.command}: error: {' '.join(str(e).split())[:2000]}", file=sys.stderr)
         return 2
     except Interrupted as e:
         print(f"simclr {args.command}: {e}", file=sys.stderr)

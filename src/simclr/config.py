@@ -1,14 +1,23 @@
-"""Typed configuration: dataclasses, YAML recipes, dotted command-line overrides, validation.
+"""Typed configuration: every setting of every command, its one default, its range, its auto rule.
 
-Every knob of the paper is a key. Keys left at ``None`` are "auto": they are resolved from the
-image size once the data is known (the paper's CIFAR setting at 32px or less, its ImageNet setting
-above), and the resolved config is what every run saves in RUN/config.yaml.
+Each command has a root dataclass made of sections (``Config`` for ``pretrain``, ``KnnConfig``,
+``LinearConfig``, ... for the evaluation commands); each section field is a key ``section.name``
+with a default, a one-line help text and its valid range in the field's metadata. The same code
+reads YAML recipes, dotted command-line overrides (``--loss.temperature 0.2``) and keyword
+arguments, and one validation pass (``validate``) checks every value before any work starts.
+
+"Auto" is always spelled ``auto`` (``None`` in Python): such keys are resolved once the data is
+known (``resolve``), and the resolved config is what every run saves in RUN/config.yaml. The auto
+rules are the functions right below; nothing else in the package re-states them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,9 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from simclr.models import ARCHITECTURES
-from simclr.optim import OPTIMIZERS
 
 __all__ = [
     "ConfigError",
@@ -31,14 +37,38 @@ __all__ = [
     "TrainConfig",
     "MonitorConfig",
     "Config",
+    "EncoderSource",
+    "EvalSettings",
+    "KnnSettings",
+    "LinearSettings",
+    "FinetuneSettings",
+    "EmbedSettings",
+    "ExportSettings",
+    "AnalyzeSettings",
+    "KnnConfig",
+    "LinearConfig",
+    "FinetuneConfig",
+    "EmbedConfig",
+    "ExportConfig",
+    "AnalyzeConfig",
+    "COMMAND_CONFIGS",
+    "small_images",
+    "default_image_size",
+    "default_num_workers",
     "load_config",
     "apply_overrides",
     "config_to_dict",
     "config_from_dict",
+    "config_from_flat",
     "save_config",
     "resolve",
+    "resolve_augment",
     "validate",
+    "check_section",
     "all_keys",
+    "describe",
+    "key_help",
+    "short",
 ]
 
 
@@ -46,53 +76,100 @@ class ConfigError(ValueError):
     """A configuration problem the user can fix; the CLI prints it and exits with status 2."""
 
 
+# ---------------------------------------------------------------------------------------------
+# auto rules: each written once, here
+
+SMALL_IMAGE_SIDE = 32  # at this side or less the paper's CIFAR-10 setting applies
+
+
+def small_images(image_size: int) -> bool:
+    """True when ``image_size`` gets the paper's CIFAR-10 setting (CIFAR stem, s=0.5, no blur, ...)."""
+    return image_size <= SMALL_IMAGE_SIDE
+
+
+def default_image_size(native_side: int, in_memory_max_side: int) -> int:
+    """``data.image_size`` auto: small (in-memory) images train at their native side, large ones at 224."""
+    return native_side if native_side <= in_memory_max_side else 224
+
+
+def default_num_workers() -> int:
+    """``data.num_workers`` auto: one loader process per spare core, at most 8."""
+    return min(8, max(1, (os.cpu_count() or 2) - 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# keys
+
+
+def key(default: Any, help: str, *, lo: float | None = None, hi: float | None = None, gt: float | None = None,
+        lt: float | None = None, choices: tuple | None = None, choices_from: str | None = None) -> Any:
+    """A config field: its default, a one-line help text and its valid range.
+
+    ``lo``/``hi`` are inclusive bounds, ``gt``/``lt`` exclusive ones (for pairs: each element);
+    ``choices`` lists the allowed strings, ``choices_from`` names a registry ("arch", "optim", "device").
+    Every float must also be finite.
+    """
+    meta = dict(help=help, lo=lo, hi=hi, gt=gt, lt=lt, choices=choices, choices_from=choices_from)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+BIG = 2**31 - 1  # the largest count any key accepts (sizes, epochs, steps)
+SEED_MAX = 2**32 - 1  # numpy and torch both accept seeds in [0, 2**32)
+KNN_K = 200  # neighbours of the weighted kNN (Wu et al., 2018), for the monitor and `simclr knn`
+KNN_TEMPERATURE = 0.1
+
+
 @dataclass
 class DataConfig:
-    path: str = ""  # image folder (class subfolders or flat), or cifar10 / cifar100 / synthetic
-    data_dir: str = ""  # where cifar archives are cached/downloaded; "" = ~/.cache/simclr
-    val_path: str = ""  # labelled folder for kNN monitoring; "" = leave-one-out on the training set
-    image_size: int = 0  # training resolution; 0 = native side for small images, else 224
-    max_per_class: int = 0  # keep only the first N images of each class (0 = all)
-    in_memory_max_side: int = 96  # images this small are decoded once into memory
-    num_workers: int = -1  # DataLoader workers for streamed (large) images; -1 = auto
-    synthetic_train: int = 4000  # images in the synthetic train split
-    synthetic_test: int = 1000  # images in the synthetic test split
-    strict: bool = False  # stop at the first unreadable image instead of skipping it
-    max_pixels: int = 89_478_485  # larger images are refused (decompression bombs)
+    path: str = key("", "image folder (class subfolders or flat), or cifar10 / cifar100 / synthetic[:test]")
+    data_dir: str = key("", "where CIFAR archives are cached or downloaded; empty = $SIMCLR_DATA_DIR or ~/.cache/simclr")
+    val_path: str = key("", "labelled held-out images: the kNN monitor's queries (pretrain), the test set (evaluation)")
+    image_size: int | None = key(None, "training/evaluation side in pixels; auto: native side of small images, else 224 "
+                                       "(evaluation: the checkpoint's)", lo=1, hi=4096)
+    max_per_class: int = key(0, "keep only the first N images of each class (0 = all)", lo=0, hi=BIG)
+    in_memory_max_side: int = key(96, "images this small (pixels) are decoded once into memory; larger ones stream", lo=1, hi=4096)
+    num_workers: int | None = key(None, "loader processes for streamed images; auto: cores - 1, at most 8", lo=0, hi=64)
+    synthetic_train: int = key(4000, "images in the synthetic train split", lo=2, hi=10_000_000)
+    synthetic_test: int = key(1000, "images in the synthetic test split", lo=1, hi=10_000_000)
+    strict: bool = key(False, "stop at the first unreadable image instead of skipping it")
+    max_pixels: int = key(89_478_485, "larger images are refused as likely decompression bombs (Pillow's threshold)", lo=1, hi=2**40)
 
 
 @dataclass
 class AugmentConfig:
-    crop: bool = True
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip: bool = True
-    flip_p: float = 0.5
-    color: bool = True
-    color_strength: float | None = None  # s; auto: 0.5 at <=32px, else 1.0
-    color_p: float = 0.8
-    grayscale: bool = True
-    gray_p: float = 0.2
-    blur: bool = True
-    blur_p: float | None = None  # auto: 0 at <=32px, else 0.5
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    blur_kernel_frac: float = 0.1
+    crop: bool = key(True, "random resized crop (else the whole image is resized)")
+    crop_scale: tuple[float, float] = key((0.08, 1.0), "crop area as a fraction of the image [min, max]", gt=0, hi=1)
+    crop_ratio: tuple[float, float] = key((3 / 4, 4 / 3), "crop aspect ratio w/h [min, max], sampled log-uniformly", gt=0, hi=100)
+    flip: bool = key(True, "random horizontal flip")
+    flip_p: float = key(0.5, "probability of the flip", lo=0, hi=1)
+    color: bool = key(True, "colour distortion (brightness, contrast, saturation, hue in random order)")
+    color_strength: float | None = key(None, "s: factors in [1-0.8s, 1+0.8s], hue +-0.2s; auto: 0.5 at <=32px, else 1.0",
+                                       lo=0, hi=100)
+    color_p: float = key(0.8, "probability of the colour distortion", lo=0, hi=1)
+    grayscale: bool = key(True, "random conversion to grayscale")
+    gray_p: float = key(0.2, "probability of grayscale", lo=0, hi=1)
+    blur: bool = key(True, "Gaussian blur")
+    blur_p: float | None = key(None, "probability of the blur; auto: 0 at <=32px, else 0.5", lo=0, hi=1)
+    blur_sigma: tuple[float, float] = key((0.1, 2.0), "blur standard deviation [min, max], pixels", gt=0, hi=1000)
+    blur_kernel_frac: float = key(0.1, "blur kernel size as a fraction of the side", lo=0, hi=1)
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "resnet50"
-    width: float = 1.0
-    cifar_stem: bool | None = None  # auto: True at <=32px
-    zero_init_residual: bool = True
+    arch: str = key("resnet50", "encoder architecture", choices_from="arch")
+    width: float = key(1.0, "width multiplier of every layer (1, 2, 4, or e.g. 0.25 for small runs)", gt=0, hi=16)
+    cifar_stem: bool | None = key(None, "3x3 stride-1 stem without max-pool; auto: true at <=32px")
+    zero_init_residual: bool = key(True, "start each residual branch's last BN at zero")
 
 
 @dataclass
 class HeadConfig:
-    num_layers: int = 2  # 0 none, 1 linear, 2 SimCLR v1, 3 SimCLRv2
-    hidden_dim: int = 0  # 0 = num_features of the encoder
-    out_dim: int = 128
-    bn: bool = True
+    num_layers: int = key(2, "projection head layers: 0 none, 1 linear, 2 SimCLR v1, 3 SimCLRv2", lo=0, hi=16)
+    hidden_dim: int | None = key(None, "hidden width; auto: the encoder's output size", lo=1, hi=1 << 20)
+    out_dim: int = key(128, "size of z, where the loss is applied", lo=1, hi=1 << 20)
+    bn: bool = key(True, "batch normalisation after each linear layer")
 
 
 @dataclass
@@ -100,54 +177,58 @@ class LossConfig:
     # The paper's default (its Table 5: best of 0.05-1 with L2-normalised cosine similarity). Also the
     # best of 0.1/0.2/0.5 on short CIFAR-10 runs here (docs/benchmarks.md); the official README's
     # 1000-epoch CIFAR setting uses 0.5, as configs/cifar10_resnet18.yaml does.
-    temperature: float = 0.1
+    temperature: float = key(0.1, "tau of NT-Xent", gt=0, hi=1e4)
 
 
 @dataclass
 class OptimConfig:
-    name: str = "lars"
-    base_lr: float | None = None  # auto: 1.0 at <=32px (official CIFAR), else 0.3 (ImageNet)
-    lr_scaling: str = "linear"  # linear: base*B/256; sqrt: base*sqrt(B); none
-    weight_decay: float | None = None  # auto: 1e-4 at <=32px (official CIFAR), else 1e-6
-    momentum: float = 0.9
-    eta: float = 0.001
-    warmup_epochs: float = 10.0
-    warmup_max_fraction: float = 0.1  # warmup never exceeds this share of the run
+    name: str = key("lars", "optimiser", choices_from="optim")
+    base_lr: float | None = key(None, "base learning rate before batch scaling; auto: 1.0 at <=32px (official CIFAR), "
+                                      "else 0.3 (ImageNet)", lo=0)
+    lr_scaling: str = key("linear", "peak lr: linear = base x B/256, sqrt = base x sqrt(B), none = base",
+                          choices=("linear", "sqrt", "none"))
+    weight_decay: float | None = key(None, "L2 weight decay; auto: 1e-4 at <=32px (official CIFAR), else 1e-6", lo=0, hi=1)
+    momentum: float = key(0.9, "momentum", lo=0, lt=1)
+    eta: float = key(0.001, "LARS trust coefficient", gt=0, hi=1e3)
+    warmup_epochs: float = key(10.0, "linear warmup length, epochs", lo=0, hi=1e6)
+    warmup_max_fraction: float = key(0.1, "warmup never exceeds this share of the run", lo=0, hi=1)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 100
-    batch_size: int = 256
-    seed: int = 0
-    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere), bf16, fp16, fp32
-    channels_last: bool = True
-    compile: bool = False
-    out: str = "runs/simclr"
-    resume: bool = False
-    checkpoint_every: int = 1  # epochs
-    threads: int = 0  # torch intra-op threads on CPU; 0 = leave PyTorch's default
-    dist_timeout: float = 60.0  # seconds a collective may wait under torchrun before the run fails
+    epochs: int = key(100, "training epochs", lo=1, hi=1_000_000)
+    batch_size: int = key(256, "global batch size N (2N views); split across processes under torchrun", lo=2, hi=1 << 24)
+    seed: int = key(0, "seed of the initialisation, the data order and every augmentation", lo=0, hi=SEED_MAX)
+    device: str = key("auto", "auto, cpu, cuda, cuda:N or mps", choices_from="device")
+    precision: str = key("auto", "auto (bf16 on CUDA, fp32 elsewhere), bf16, fp16 or fp32", choices=("auto", "bf16", "fp16", "fp32"))
+    channels_last: bool = key(True, "channels-last memory format (faster convolutions)")
+    compile: bool = key(False, "torch.compile the model")
+    out: str = key("runs/simclr", "run folder")
+    resume: bool = key(False, "continue from OUT/checkpoint.pt")
+    checkpoint_every: int = key(1, "epochs between checkpoints", lo=1, hi=1_000_000)
+    threads: int = key(0, "torch intra-op threads on CPU; 0 = PyTorch's default", lo=0, hi=1024)
+    dist_timeout: float = key(60.0, "seconds a collective may wait under torchrun before the run fails", gt=0, hi=1e6)
     # > 0: gradient-cached step over chunks of this many images (huge batches on one device; BN then
     # sees chunk statistics, see docs/distributed.md); 0: the plain step.
-    chunk_size: int = 0
-    keep_checkpoints: int = 1  # > 1: also keep the last K epoch checkpoints in RUN/checkpoints/
-    skip_nonfinite: bool = False  # skip (and count) steps whose loss is NaN/inf instead of stopping
-    progress: bool = True
+    chunk_size: int = key(0, "> 0: gradient-cached step over chunks of this many images; 0: the plain step", lo=0, hi=1 << 24)
+    keep_checkpoints: int = key(1, "> 1: also keep the last K epoch checkpoints in RUN/checkpoints/", lo=1, hi=100_000)
+    skip_nonfinite: bool = key(False, "skip (and count) steps whose loss is NaN/inf instead of stopping")
+    progress: bool = key(True, "progress bar")
 
 
 @dataclass
 class MonitorConfig:
-    online_linear: bool = True  # linear classifier on detached h, trained alongside (needs labels)
-    knn_every: int = 10  # epochs between kNN evaluations (the last epoch always has one); 0 = off
-    knn_k: int = 200
-    knn_temperature: float = 0.1
-    knn_max_images: int = 10000  # cap on bank/query images used by the monitor
+    online_linear: bool = key(True, "linear classifier on detached h, trained alongside (needs labels)")
+    knn_every: int = key(10, "epochs between kNN evaluations (the last epoch always has one); 0 = off", lo=0, hi=1_000_000)
+    knn_k: int = key(KNN_K, "neighbours of the kNN monitor", lo=1, hi=BIG)
+    knn_temperature: float = key(KNN_TEMPERATURE, "temperature of the kNN vote weights exp(sim/T)", gt=0, hi=1e4)
+    knn_max_images: int = key(10000, "cap on bank/query images used by the monitor", lo=1, hi=BIG)
 
 
 @dataclass
 class Config:
+    """``simclr pretrain``."""
+
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -158,41 +239,197 @@ class Config:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
 
+# -- evaluation commands -------------------------------------------------------------------------
+
+
+@dataclass
+class EncoderSource:
+    checkpoint: str = key("", "run folder or checkpoint.pt of a pretraining run")
+    random_init: bool = key(False, "a randomly initialised encoder (the baseline) instead of a checkpoint")
+    arch: str = key("resnet18", "with random_init: the architecture", choices_from="arch")
+    width: float = key(1.0, "with random_init: the width multiplier", gt=0, hi=16)
+
+
+@dataclass
+class EvalSettings:
+    device: str = key("auto", "auto, cpu, cuda, cuda:N or mps", choices_from="device")
+    seed: int = key(0, "seed of the random encoder, the splits, the classifier and the views", lo=0, hi=SEED_MAX)
+    batch_size: int = key(256, "images per batch (feature extraction and training)", lo=1, hi=1 << 24)
+    out: str = key("", "output folder (file for export)")
+    json: bool = key(False, "end with one JSON line on stdout")
+
+
+@dataclass
+class KnnSettings:
+    k: int = key(KNN_K, "neighbours", lo=1, hi=BIG)
+    temperature: float = key(KNN_TEMPERATURE, "vote weights exp(cos / T)", gt=0, hi=1e4)
+
+
+@dataclass
+class LinearSettings:
+    solver: str = key("sgd", "sgd (the paper's ImageNet protocol) or lbfgs (its transfer protocol)", choices=("sgd", "lbfgs"))
+    epochs: int = key(90, "sgd: epochs", lo=1, hi=1_000_000)
+    lr: float = key(0.1, "sgd: base learning rate, scaled by B/256", gt=0, hi=1e6)
+    grid: int = key(12, "lbfgs: number of L2 strengths tried in [1e-6, 1e5]", lo=1, hi=1000)
+    val_fraction: float = key(0.2, "lbfgs: validation share of the training data", gt=0, lt=1)
+
+
+@dataclass
+class FinetuneSettings:
+    label_fraction: float = key(0.1, "share of the training labels used (class-balanced)", gt=0, hi=1)
+    epochs: int = key(30, "epochs", lo=1, hi=1_000_000)
+    lr: float = key(0.05, "base learning rate, scaled by B/256", gt=0, hi=1e6)
+    from_head_layer: int = key(0, "SimCLRv2: classify from the output of this projection-head layer (0 = from h)", lo=0, hi=16)
+
+
+@dataclass
+class EmbedSettings:
+    projection: bool = key(False, "write z = g(h) instead of h")
+
+
+@dataclass
+class ExportSettings:
+    format: str = key("safetensors", "safetensors, torchvision or onnx", choices=("safetensors", "torchvision", "onnx"))
+
+
+@dataclass
+class AnalyzeSettings:
+    max_images: int = key(2000, "images analysed (a random sample)", lo=10, hi=BIG)
+
+
+@dataclass
+class KnnConfig:
+    """``simclr knn``: weighted kNN accuracy of h (data.path: train, data.val_path: test)."""
+
+    encoder: EncoderSource = field(default_factory=EncoderSource)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    knn: KnnSettings = field(default_factory=KnnSettings)
+
+
+@dataclass
+class LinearConfig:
+    """``simclr linear``: linear evaluation of the frozen encoder."""
+
+    encoder: EncoderSource = field(default_factory=EncoderSource)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    linear: LinearSettings = field(default_factory=LinearSettings)
+
+
+@dataclass
+class FinetuneConfig:
+    """``simclr finetune``: semi-supervised fine-tuning on a fraction of the labels."""
+
+    encoder: EncoderSource = field(default_factory=EncoderSource)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+
+
+@dataclass
+class EmbedConfig:
+    """``simclr embed``: the representation of every image."""
+
+    encoder: EncoderSource = field(default_factory=EncoderSource)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    embed: EmbedSettings = field(default_factory=EmbedSettings)
+
+
+@dataclass
+class ExportConfig:
+    """``simclr export``: the encoder alone, in another format."""
+
+    encoder: EncoderSource = field(default_factory=EncoderSource)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    export: ExportSettings = field(default_factory=ExportSettings)
+
+
+@dataclass
+class AnalyzeConfig:
+    """``simclr analyze``: alignment, uniformity, rank, collapse, a map and neighbours."""
+
+    encoder: EncoderSource = field(default_factory=EncoderSource)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    analyze: AnalyzeSettings = field(default_factory=AnalyzeSettings)
+
+
+COMMAND_CONFIGS: dict[str, type] = {
+    "pretrain": Config,
+    "knn": KnnConfig,
+    "linear": LinearConfig,
+    "finetune": FinetuneConfig,
+    "embed": EmbedConfig,
+    "export": ExportConfig,
+    "analyze": AnalyzeConfig,
+}
+
+# Values the first release wrote for "auto"; old recipes and run folders still load.
+_LEGACY_AUTO = {("data", "image_size"): 0, ("data", "num_workers"): -1, ("head", "hidden_dim"): 0}
+
+
 # ---------------------------------------------------------------------------------------------
 # dict <-> dataclass
+
+_short = reprlib.Repr()
+_short.maxstring, _short.maxother, _short.maxlist, _short.maxdict, _short.maxlevel = 60, 60, 4, 4, 2
+
+
+def short(value: Any) -> str:
+    """A bounded repr for error messages (a YAML alias bomb must not become a 300 MB line)."""
+    return _short.repr(value)
+
+
+def _clip(text: str, n: int = 80) -> str:
+    """``text`` cut to ``n`` characters, for error messages."""
+    text = str(text)
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def _field_types(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _root_of(cfg_or_cls) -> type:
+    return cfg_or_cls if isinstance(cfg_or_cls, type) else type(cfg_or_cls)
+
+
 def all_keys(cfg_cls=Config) -> list[str]:
-    """Every dotted key, e.g. ``loss.temperature``."""
+    """Every dotted key of a command's config, e.g. ``loss.temperature``."""
     keys = []
-    for section, sec_type in _field_types(cfg_cls).items():
+    for section, sec_type in _field_types(_root_of(cfg_cls)).items():
         keys += [f"{section}.{k}" for k in _field_types(sec_type)]
     return keys
 
 
-def _closest(key: str, options: list[str]) -> str:
-    match = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
+def _closest(key_: str, options: list[str]) -> str:
+    match = difflib.get_close_matches(key_, options, n=1, cutoff=0.5)
     return f"; did you mean '{match[0]}'?" if match else ""
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
+def _coerce(value: Any, tp: Any, name: str) -> Any:
     """Check/convert a YAML or command-line value to the field's declared type."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "auto")):
             return None
-        return _coerce(value, args[0], key)
+        return _coerce(value, args[0], name)
     if origin is tuple:
         if isinstance(value, str):
-            value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
+            try:
+                value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
+            except yaml.YAMLError:
+                raise ConfigError(f"{name} must be a pair like [0.08, 1.0], got {short(value)}") from None
         if not isinstance(value, (list, tuple)) or len(value) != len(typing.get_args(tp)):
-            raise ConfigError(f"{key} must be a pair like [0.08, 1.0], got {value!r}")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, typing.get_args(tp)))
+            raise ConfigError(f"{name} must be a pair like [0.08, 1.0], got {short(value)}")
+        return tuple(_coerce(v, a, name) for v, a in zip(value, typing.get_args(tp)))
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -200,115 +437,185 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return True
         if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
             return False
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
+        raise ConfigError(f"{name} must be true or false, got {short(value)}")
     if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        if isinstance(value, bool) or isinstance(value, (list, dict)):
+            raise ConfigError(f"{name} must be an integer, got {short(value)}")
+        if isinstance(value, int):
+            return value
         try:
             f = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key} must be an integer, got {value!r}") from None
-        if not f.is_integer():
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{name} must be an integer, got {short(value)}") from None
+        if not math.isfinite(f) or not f.is_integer():
+            raise ConfigError(f"{name} must be an integer, got {short(value)}")
         return int(f)
     if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
+        if isinstance(value, bool) or isinstance(value, (list, dict)):
+            raise ConfigError(f"{name} must be a number, got {short(value)}")
         try:
             return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key} must be a number, got {value!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{name} must be a number, got {short(value)}") from None
     if tp is str:
-        if isinstance(value, (dict, list)):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
+        if isinstance(value, (dict, list, tuple)) or value is None:
+            raise ConfigError(f"{name} must be a string, got {short(value)}")
         return str(value)
-    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - programming error
+    raise ConfigError(f"{name}: unsupported type {tp}")  # pragma: no cover - programming error
 
 
-def config_from_dict(d: dict[str, Any], base: Config | None = None) -> Config:
-    """Build a Config from a nested dict (as in YAML), starting from ``base`` or the defaults."""
-    cfg = dataclasses.replace(base) if base else Config()
-    cfg = config_from_flat({f"{s}.{k}": v for s, sec in _check_sections(d).items() for k, v in sec.items()}, cfg)
+def _copy(cfg):
+    root = type(cfg)
+    return root(**{s: dataclasses.replace(getattr(cfg, s)) for s in _field_types(root)})
+
+
+def config_from_flat(flat: dict[str, Any], base=None, cls=Config):
+    """Apply {dotted key: value} on top of ``base`` (default: ``cls()``); a copy is returned."""
+    cfg = _copy(base if base is not None else cls())
+    keys = all_keys(type(cfg))
+    for dotted, value in flat.items():
+        if dotted not in keys:
+            raise ConfigError(f"unknown config key '{_clip(dotted)}'{_closest(str(dotted), keys)}")
+        section, name = dotted.split(".", 1)
+        sec = getattr(cfg, section)
+        tp = _field_types(type(sec))[name]
+        val = _coerce(value, tp, dotted)
+        if (section, name) in _LEGACY_AUTO and val == _LEGACY_AUTO[(section, name)]:
+            val = None
+        setattr(sec, name, val)
     return cfg
 
 
-def _check_sections(d: Any) -> dict[str, dict]:
+def config_from_dict(d: dict[str, Any], base=None, cls=Config):
+    """Build a config from a nested dict (as in YAML), starting from ``base`` or ``cls()``."""
+    root = type(base) if base is not None else cls
+    flat = {f"{s}.{k}": v for s, sec in _check_sections(d, root).items() for k, v in sec.items()}
+    return config_from_flat(flat, base, root)
+
+
+def _check_sections(d: Any, root: type) -> dict[str, dict]:
     if d is None:
         return {}
     if not isinstance(d, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(d).__name__}")
-    sections = list(_field_types(Config))
+    sections = list(_field_types(root))
     for s, v in d.items():
         if s not in sections:
-            raise ConfigError(f"unknown config section '{s}'{_closest(str(s), sections)}")
+            raise ConfigError(f"unknown config section '{_clip(s)}'{_closest(str(s), sections)}")
         if not isinstance(v, dict):
-            raise ConfigError(f"config section '{s}' must be a mapping, got {v!r}")
+            raise ConfigError(f"config section '{s}' must be a mapping, got {short(v)}")
     return d
 
 
-def config_from_flat(flat: dict[str, Any], base: Config | None = None) -> Config:
-    """Apply {dotted key: value} on top of ``base`` (a copy is returned)."""
-    cfg = _copy(base or Config())
-    keys = all_keys()
-    for key, value in flat.items():
-        if key not in keys:
-            raise ConfigError(f"unknown config key '{key}'{_closest(key, keys)}")
-        section, name = key.split(".", 1)
-        sec = getattr(cfg, section)
-        tp = _field_types(type(sec))[name]
-        setattr(sec, name, _coerce(value, tp, key))
-    return cfg
-
-
-def _copy(cfg: Config) -> Config:
-    return Config(**{s: dataclasses.replace(getattr(cfg, s)) for s in _field_types(Config)})
-
-
-def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+def config_to_dict(cfg) -> dict[str, dict[str, Any]]:
+    """Nested plain dict of a config (tuples as lists), in declaration order."""
     out = {}
-    for s in _field_types(Config):
+    for s in _field_types(type(cfg)):
         sec = dataclasses.asdict(getattr(cfg, s))
         out[s] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sec.items()}
     return out
 
 
-def load_config(path: str | Path, base: Config | None = None) -> Config:
-    """Load a YAML recipe on top of ``base`` (default: the defaults)."""
+MAX_CONFIG_BYTES = 1 << 20
+MAX_YAML_ALIASES = 100
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses documents with many aliases (the "billion laughs" pattern)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases = getattr(self, "_aliases", 0) + 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise ConfigError(f"the YAML uses more than {MAX_YAML_ALIASES} aliases; write the values out")
+        return super().compose_node(parent, index)
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Read a YAML file safely: size-capped, UTF-8, no Python tags, bounded aliases; ConfigError otherwise."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text())
+        raw = p.read_bytes()[: MAX_CONFIG_BYTES + 1]
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {p}: {e.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {p} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p} is not UTF-8 text") from None
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p} is not valid YAML: {e}".splitlines()[0]) from None
-    return config_from_dict(data or {}, base)
+        raise ConfigError(f"{p} is not valid YAML: {str(e).splitlines()[0][:200]}") from None
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
+def load_config(path: str | Path, base=None, cls=Config):
+    """Load a YAML recipe on top of ``base`` (default: ``cls()``, the pretraining defaults)."""
+    return config_from_dict(load_yaml(path) or {}, base, cls)
+
+
+def save_config(cfg, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
-def apply_overrides(cfg: Config, pairs: list[tuple[str, str]]) -> Config:
+def apply_overrides(cfg, pairs: list[tuple[str, str]]):
     """Apply command-line ``--section.key value`` pairs (keys may use '-' for '_')."""
     return config_from_flat({k.replace("-", "_"): v for k, v in pairs}, cfg)
+
+
+def key_help(cls, dotted: str) -> str:
+    """The help text of a key of a command's config, e.g. ``key_help(KnnConfig, "knn.k")``."""
+    section, name = dotted.split(".", 1)
+    return _fields(_field_types(cls)[section])[name].metadata.get("help", "")
+
+
+def describe(cls=Config) -> str:
+    """The keys of a command's config as commented YAML: default value and what each key does."""
+    lines = [f"# {(cls.__doc__ or '').strip()}"] if cls.__doc__ else []
+    defaults = config_to_dict(cls())
+    for s, sec_type in _field_types(cls).items():
+        lines.append(f"{s}:")
+        for name, f in _fields(sec_type).items():
+            value = defaults[s][name]
+            text = "auto" if value is None else yaml.safe_dump(value, default_flow_style=True).strip()
+            if text.endswith("\n...") or text.endswith("..."):
+                text = text.replace("\n...", "").replace("...", "").strip()
+            lines.append(f"  {name}: {text}  # {f.metadata.get('help', '')}")
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
 # resolution of "auto" keys and validation
 
 
-def resolve(cfg: Config, image_size: int) -> Config:
-    """Fill every auto (None / 0) key for training at ``image_size`` pixels; returns a copy."""
-    cfg = _copy(cfg)
-    small = image_size <= 32
-    cfg.data.image_size = image_size
-    a = cfg.augment
+def resolve_augment(a: AugmentConfig, image_size: int) -> AugmentConfig:
+    """The augmentation settings for ``image_size`` with every auto key filled; returns a copy."""
+    a = dataclasses.replace(a)
+    small = small_images(image_size)
     if a.color_strength is None:
         a.color_strength = 0.5 if small else 1.0
     if a.blur_p is None:
         a.blur_p = 0.0 if small else 0.5
-    if cfg.model.cifar_stem is None:
-        cfg.model.cifar_stem = small
+    return a
+
+
+def resolve_cifar_stem(cifar_stem: bool | None, image_size: int) -> bool:
+    """``model.cifar_stem`` auto: the CIFAR stem for small images."""
+    return small_images(image_size) if cifar_stem is None else bool(cifar_stem)
+
+
+def resolve(cfg: Config, image_size: int) -> Config:
+    """Fill every auto key of a pretraining config for training at ``image_size`` pixels; returns a copy."""
+    cfg = _copy(cfg)
+    small = small_images(image_size)
+    cfg.data.image_size = image_size
+    if cfg.data.num_workers is None:
+        cfg.data.num_workers = default_num_workers()
+    cfg.augment = resolve_augment(cfg.augment, image_size)
+    cfg.model.cifar_stem = resolve_cifar_stem(cfg.model.cifar_stem, image_size)
     if cfg.optim.base_lr is None:
         cfg.optim.base_lr = 1.0 if small else 0.3
     if cfg.optim.weight_decay is None:
@@ -316,50 +623,118 @@ def resolve(cfg: Config, image_size: int) -> Config:
     return cfg
 
 
-def validate(cfg: Config) -> None:
-    """Raise ConfigError for any invalid value, before any work starts."""
-    errs: list[str] = []
+def _registry(name: str) -> tuple[str, ...]:
+    if name == "arch":
+        from simclr.model.resnet import ARCHITECTURES
 
-    def check(ok: bool, msg: str) -> None:
-        if not ok:
-            errs.append(msg)
+        return ARCHITECTURES
+    if name == "optim":
+        from simclr.optim import OPTIMIZERS
 
-    d, a, m, h, lo, o, t, mon = cfg.data, cfg.augment, cfg.model, cfg.head, cfg.loss, cfg.optim, cfg.train, cfg.monitor
-    check(d.image_size >= 0, f"data.image_size must be >= 0 (0 = auto), got {d.image_size}")
-    check(d.max_pixels >= 1, f"data.max_pixels must be >= 1, got {d.max_pixels}")
-    check(d.max_per_class >= 0, f"data.max_per_class must be >= 0, got {d.max_per_class}")
-    check(d.synthetic_train >= 2 and d.synthetic_test >= 1, "data.synthetic_train must be >= 2 and data.synthetic_test >= 1")
-    check(0 < a.crop_scale[0] <= a.crop_scale[1] <= 1, f"augment.crop_scale must satisfy 0 < min <= max <= 1, got {list(a.crop_scale)}")
-    check(0 < a.crop_ratio[0] <= a.crop_ratio[1], f"augment.crop_ratio must satisfy 0 < min <= max, got {list(a.crop_ratio)}")
-    for name in ("flip_p", "color_p", "gray_p", "blur_p"):
-        p = getattr(a, name)
-        check(p is None or 0 <= p <= 1, f"augment.{name} must be in [0, 1], got {p}")
-    check(a.color_strength is None or a.color_strength >= 0, f"augment.color_strength must be >= 0, got {a.color_strength}")
-    check(0 < a.blur_sigma[0] <= a.blur_sigma[1], f"augment.blur_sigma must satisfy 0 < min <= max, got {list(a.blur_sigma)}")
-    check(m.arch in ARCHITECTURES, f"model.arch '{m.arch}' is unknown; choose one of {', '.join(ARCHITECTURES)}")
-    check(m.width > 0, f"model.width must be > 0, got {m.width}")
-    check(h.num_layers >= 0, f"head.num_layers must be >= 0, got {h.num_layers}")
-    check(h.out_dim >= 1 and h.hidden_dim >= 0, "head.out_dim must be >= 1 and head.hidden_dim >= 0")
-    check(lo.temperature > 0, f"loss.temperature must be > 0, got {lo.temperature}")
-    check(o.name in OPTIMIZERS, f"optim.name '{o.name}' is unknown; choose one of {', '.join(OPTIMIZERS)}")
-    check(o.base_lr is None or o.base_lr >= 0, f"optim.base_lr must be >= 0, got {o.base_lr}")
-    check(o.lr_scaling in ("linear", "sqrt", "none"), f"optim.lr_scaling must be linear, sqrt or none, got '{o.lr_scaling}'")
-    check(o.weight_decay is None or o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
-    check(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1), got {o.momentum}")
-    check(o.eta > 0, f"optim.eta must be > 0, got {o.eta}")
-    check(o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0, got {o.warmup_epochs}")
-    check(0 <= o.warmup_max_fraction <= 1, f"optim.warmup_max_fraction must be in [0, 1], got {o.warmup_max_fraction}")
-    check(t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}")
-    check(t.batch_size >= 2, f"train.batch_size must be >= 2 (each image needs negatives), got {t.batch_size}")
-    check(t.precision in ("auto", "bf16", "fp16", "fp32"), f"train.precision must be auto, bf16, fp16 or fp32, got '{t.precision}'")
-    check(t.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {t.checkpoint_every}")
-    check(t.threads >= 0, f"train.threads must be >= 0, got {t.threads}")
-    check(t.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}")
-    check(t.chunk_size >= 0, f"train.chunk_size must be >= 0, got {t.chunk_size}")
-    check(t.dist_timeout > 0, f"train.dist_timeout must be > 0, got {t.dist_timeout}")
-    check(bool(t.out), "train.out must name a run folder")
-    check(mon.knn_every >= 0, f"monitor.knn_every must be >= 0, got {mon.knn_every}")
-    check(mon.knn_k >= 1, f"monitor.knn_k must be >= 1, got {mon.knn_k}")
-    check(mon.knn_temperature > 0, f"monitor.knn_temperature must be > 0, got {mon.knn_temperature}")
+        return OPTIMIZERS
+    raise KeyError(name)  # pragma: no cover
+
+
+def _check_device(value: str) -> str | None:
+    if value in ("auto", "cpu", "cuda", "mps"):
+        return None
+    kind, _, index = value.partition(":")
+    if kind in ("cuda", "mps") and index.isdigit():
+        return None
+    return f"'{_clip(value, 40)}' is not a device; use auto, cpu, cuda, cuda:N or mps"
+
+
+def _check_value(name: str, v: Any, meta: dict) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, tuple):
+        for item in v:
+            err = _check_value(name, item, meta)
+            if err:
+                return err
+        if len(v) == 2 and v[0] > v[1]:
+            return f"{name} must satisfy min <= max, got {list(v)}"
+        return None
+    if isinstance(v, str):
+        if meta.get("choices") and v not in meta["choices"]:
+            return f"{name} must be one of {', '.join(meta['choices'])}, got '{_clip(v, 40)}'"
+        if meta.get("choices_from") == "device":
+            err = _check_device(v)
+            return f"{name}: {err}" if err else None
+        if meta.get("choices_from"):
+            options = _registry(meta["choices_from"])
+            if v not in options:
+                return f"{name} '{_clip(v, 40)}' is unknown; choose one of {', '.join(options)}{_closest(v, list(options))}"
+        if "\x00" in v:
+            return f"{name} must not contain NUL characters"
+        return None
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, float) and not math.isfinite(v):
+        return f"{name} must be a finite number, got {v}"
+    lo, hi, gt, lt = meta.get("lo"), meta.get("hi"), meta.get("gt"), meta.get("lt")
+    if lo is not None and v < lo:
+        return f"{name} must be >= {_num(lo)}, got {_num(v)}"
+    if gt is not None and v <= gt:
+        return f"{name} must be > {_num(gt)}, got {_num(v)}"
+    if hi is not None and v > hi:
+        return f"{name} must be <= {_num(hi)}, got {_num(v)}"
+    if lt is not None and v >= lt:
+        return f"{name} must be < {_num(lt)}, got {_num(v)}"
+    return None
+
+
+def _num(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def section_errors(sec, name: str) -> list[str]:
+    """Messages for every invalid value of one config section (``name`` prefixes the keys)."""
+    errs = []
+    for fname, f in _fields(type(sec)).items():
+        err = _check_value(f"{name}.{fname}", getattr(sec, fname), dict(f.metadata))
+        if err:
+            errs.append(err)
+    return errs
+
+
+def check_section(sec, name: str) -> None:
+    """Raise ConfigError for any invalid value of one section (for components built from a section)."""
+    errs = section_errors(sec, name)
     if errs:
         raise ConfigError("; ".join(errs))
+
+
+def validate(cfg) -> None:
+    """Raise ConfigError naming every invalid value of a command's config, before any work starts."""
+    errs: list[str] = []
+    for s in _field_types(type(cfg)):
+        errs += section_errors(getattr(cfg, s), s)
+    errs += _cross_checks(cfg)
+    if errs:
+        raise ConfigError("; ".join(errs))
+
+
+def _cross_checks(cfg) -> list[str]:
+    """Rules that involve more than one key."""
+    errs = []
+    if isinstance(cfg, Config):
+        if not cfg.train.out:
+            errs.append("train.out must name a run folder")
+    if hasattr(cfg, "encoder") and isinstance(cfg.encoder, EncoderSource):
+        e = cfg.encoder
+        needs_checkpoint = isinstance(cfg, (EmbedConfig, ExportConfig))
+        if needs_checkpoint and not e.checkpoint:
+            errs.append("--checkpoint RUN is required (a run folder or checkpoint.pt)")
+        elif not needs_checkpoint and bool(e.checkpoint) == bool(e.random_init):
+            errs.append("give exactly one of --checkpoint RUN and --random-init")
+    if isinstance(cfg, (KnnConfig, LinearConfig, FinetuneConfig)):
+        if not cfg.data.path or not cfg.data.val_path:
+            errs.append("--train-data and --test-data are required")
+    if isinstance(cfg, (EmbedConfig, AnalyzeConfig)) and not cfg.data.path:
+        errs.append("--data is required")
+    if isinstance(cfg, (EmbedConfig, ExportConfig, AnalyzeConfig)) and not cfg.eval.out:
+        errs.append("--out is required")
+    if isinstance(cfg, FinetuneConfig) and cfg.finetune.from_head_layer and not cfg.encoder.checkpoint:
+        errs.append("--from-head-layer needs --checkpoint (a random head has nothing to offer)")
+    return errs

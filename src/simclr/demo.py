@@ -12,10 +12,12 @@ from pathlib import Path
 
 import torch
 
-from simclr.config import Config, apply_overrides
-from simclr.engine import build_augment, pretrain
-from simclr.eval import knn_evaluate
+from simclr.data.augment import SimCLRAugment
+from simclr.config import Config, KnnConfig, apply_overrides, config_from_flat, load_config
+from simclr.data import synthetic_images
+from simclr.evaluate.knn import knn_evaluate
 from simclr.plots import plot_metrics, plot_view_pairs
+from simclr.train import pretrain
 
 __all__ = ["DEMO_OVERRIDES", "run_demo"]
 
@@ -40,17 +42,16 @@ def run_demo(out: str = "runs/demo", device: str = "auto", epochs: int | None = 
         cfg.train.epochs = epochs
     log(f"pretraining {cfg.model.arch} (width {cfg.model.width}) on {cfg.data.synthetic_train} synthetic images -> {out}")
     run = pretrain(cfg, log=log)
-    common = dict(train_spec="synthetic", test_spec="synthetic:test", device=device)
-    trained = knn_evaluate(checkpoint=str(run), **common)
-    random = knn_evaluate(checkpoint=None, arch=cfg.model.arch, width=cfg.model.width, seed=cfg.train.seed, **common)
+    common = {"data.path": "synthetic", "data.val_path": "synthetic:test", "eval.device": device, "eval.out": str(run)}
+    trained = knn_evaluate(config_from_flat({**common, "encoder.checkpoint": str(run)}, cls=KnnConfig))
+    random = knn_evaluate(config_from_flat({**common, "encoder.random_init": True, "encoder.arch": cfg.model.arch,
+                                            "encoder.width": cfg.model.width, "eval.seed": cfg.train.seed,
+                                            "eval.out": ""}, cls=KnnConfig))
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     plot_metrics(records, run / "metrics.png")
-    from simclr.config import load_config, resolve
-    from simclr.data import synthetic_images
-
-    resolved = resolve(load_config(run / "config.yaml"), 32)
+    resolved = load_config(run / "config.yaml")
     sample = synthetic_images(8, seed=1)
-    plot_view_pairs(sample.images, build_augment(resolved), run / "views.png")
+    plot_view_pairs(sample.images, SimCLRAugment.from_config(resolved.augment, resolved.data.image_size), run / "views.png")
     res = {
         "trained_top1": trained["top1"],
         "random_init_top1": random["top1"],

@@ -1,0 +1,259 @@
+"""SimCLR's data augmentation, batched on the training device.
+
+Data loading only decodes; every random transformation happens here, on whole batches, on the
+device that trains (the GPU when there is one), with an independent random draw of every
+parameter for every image. The chain follows the paper (appendix A) and the official code:
+
+    random resized crop (area 0.08-1, aspect 3/4-4/3, bicubic) + horizontal flip
+    -> colour distortion with p=0.8: brightness, contrast, saturation (0.8s), hue (0.2s),
+       applied in an independent random order for each image, clipped to [0, 1] after each
+    -> grayscale with p=0.2
+    -> Gaussian blur with p=0.5, sigma in [0.1, 2.0], kernel 10% of the side (off at 32px)
+
+Outputs are floats in [0, 1], as in the official code; normalisation is the model's business.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+
+from simclr.config import AugmentConfig, ConfigError, check_section, resolve_augment
+
+__all__ = ["SimCLRAugment", "center_resize", "to_float", "rgb_to_grayscale", "rgb_to_hsv", "hsv_to_rgb"]
+
+# ITU-R 601 luma weights, as tf.image.rgb_to_grayscale and torchvision.
+_LUMA = (0.2989, 0.5870, 0.1140)
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) in [0, 255] or float in [0, 1] -> float32 in [0, 1]."""
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    return x.float()
+
+
+def rgb_to_grayscale(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 1, H, W) luma."""
+    r, g, b = x.unbind(1)
+    return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(1)
+
+
+def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> HSV with hue in [0, 1)."""
+    r, g, b = x.unbind(1)
+    maxc, _ = x.max(1)
+    minc, _ = x.min(1)
+    delta = maxc - minc
+    s = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
+    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
+    return torch.stack((h, s, maxc), 1)
+
+
+def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) HSV with hue in [0, 1) -> RGB in [0, 1]."""
+    h, s, v = x.unbind(1)
+    h6 = h * 6.0
+    i = torch.floor(h6)
+    f = h6 - i
+    i = i.long() % 6
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    # Rows: sector 0..5; columns: which of (v, q, p, t) feeds r, g, b.
+    choices = torch.stack((v, q, p, t), 1)  # (B, 4, H, W)
+    table = torch.tensor([[0, 3, 2], [1, 0, 2], [2, 0, 3], [2, 1, 0], [3, 2, 0], [0, 2, 1]], device=x.device)
+    idx = table[i].permute(0, 3, 1, 2)  # (B, 3, H, W)
+    return torch.gather(choices, 1, idx)
+
+
+def center_resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Deterministic evaluation view: centre square crop, bicubic resize to (size, size), [0, 1]."""
+    x = to_float(x)
+    _, _, h, w = x.shape
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    x = x[:, :, top : top + side, left : left + side]
+    if side != size:
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=side > size)
+    return x.clamp_(0.0, 1.0)
+
+
+def _uniform(n: int, lo: float, hi: float, device, generator) -> torch.Tensor:
+    return torch.rand(n, device=device, generator=generator) * (hi - lo) + lo
+
+
+def _bernoulli(n: int, p: float, device, generator) -> torch.Tensor:
+    return torch.rand(n, device=device, generator=generator) < p
+
+
+class SimCLRAugment:
+    """Batched SimCLR augmentation: ``aug(x, generator) -> views``.
+
+    Args:
+        image_size: output side S.
+        cfg: a ``simclr.config.AugmentConfig`` (default: the paper's chain); its auto keys are
+            resolved for ``image_size`` (colour strength 0.5 and no blur at 32px or less).
+        **keys: any AugmentConfig key to change, e.g. ``color_strength=0.5, blur=False``.
+
+    Invalid values raise ``simclr.config.ConfigError`` naming the key. Calling it with x of shape
+    (B, 3, H, W), uint8 or float in [0, 1], on any device, returns a float32 tensor (B, 3, S, S)
+    in [0, 1] on the same device. Pass ``generator`` (a torch.Generator on x's device) for
+    reproducible draws; every parameter is drawn independently for every image.
+    """
+
+    def __init__(self, image_size: int, cfg: AugmentConfig | None = None, **keys):
+        try:
+            cfg = dataclasses.replace(cfg or AugmentConfig(), **keys)
+        except TypeError as e:
+            raise ConfigError(f"unknown augmentation key: {e}") from None
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+            raise ConfigError(f"image_size must be a positive integer, got {image_size!r}")
+        cfg = resolve_augment(cfg, image_size)
+        check_section(cfg, "augment")
+        self.image_size = image_size
+        self.cfg = cfg
+        # Switched-off operations have probability 0, so one code path serves every setting.
+        self.crop = cfg.crop
+        self.crop_scale, self.crop_ratio = tuple(cfg.crop_scale), tuple(cfg.crop_ratio)
+        self.flip_p = cfg.flip_p if cfg.flip else 0.0
+        self.color_strength = cfg.color_strength if cfg.color else 0.0
+        self.color_p = cfg.color_p if cfg.color else 0.0
+        self.gray_p = cfg.gray_p if cfg.grayscale else 0.0
+        self.blur_p = cfg.blur_p if cfg.blur else 0.0
+        self.blur_sigma, self.blur_kernel_frac = tuple(cfg.blur_sigma), cfg.blur_kernel_frac
+
+    @classmethod
+    def from_config(cls, cfg: AugmentConfig, image_size: int) -> SimCLRAugment:
+        return cls(image_size, cfg)
+
+    def __repr__(self) -> str:
+        return f"SimCLRAugment(image_size={self.image_size}, cfg={self.cfg})"
+
+    # -- geometry ---------------------------------------------------------------------------
+    def _crop_boxes(self, b: int, h: int, w: int, device, g) -> torch.Tensor:
+        """Per-image crop boxes (B, 4) as (x0, y0, width, height) in pixels.
+
+        Ten vectorised rejection-sampling attempts per image, as torchvision; an image whose
+        attempts all fail takes the whole frame, as TF's sample_distorted_bounding_box does.
+        """
+        attempts = 10
+        area = float(h * w)
+        lo, hi = self.crop_scale
+        target = area * (torch.rand(b, attempts, device=device, generator=g) * (hi - lo) + lo)
+        log_lo, log_hi = math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1])
+        aspect = torch.exp(torch.rand(b, attempts, device=device, generator=g) * (log_hi - log_lo) + log_lo)
+        cw = torch.sqrt(target * aspect).round()
+        ch = torch.sqrt(target / aspect).round()
+        ok = (cw >= 1) & (cw <= w) & (ch >= 1) & (ch <= h)
+        first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((b,), -1, device=device))
+        found = first >= 0
+        pick = first.clamp_min(0).unsqueeze(1)
+        cw = torch.where(found, cw.gather(1, pick).squeeze(1), torch.full((b,), float(w), device=device))
+        ch = torch.where(found, ch.gather(1, pick).squeeze(1), torch.full((b,), float(h), device=device))
+        x0 = torch.floor(torch.rand(b, device=device, generator=g) * (w - cw + 1))
+        y0 = torch.floor(torch.rand(b, device=device, generator=g) * (h - ch + 1))
+        return torch.stack((x0, y0, cw, ch), 1)
+
+    def _crop_flip(self, x: torch.Tensor, g) -> torch.Tensor:
+        b, _, h, w = x.shape
+        s = self.image_size
+        if self.crop:
+            x0, y0, cw, ch = self._crop_boxes(b, h, w, x.device, g).unbind(1)
+        else:
+            x0 = y0 = torch.zeros(b, device=x.device)
+            cw, ch = torch.full((b,), float(w), device=x.device), torch.full((b,), float(h), device=x.device)
+        flip = _bernoulli(b, self.flip_p, x.device, g)
+        if not self.crop and not flip.any() and (h, w) == (s, s):
+            return x
+        # One affine resampling does crop, resize and flip together: output coordinate u in
+        # [-1, 1] maps to input centre + half-extent * u (align_corners=False convention).
+        sx = cw / w * torch.where(flip, -1.0, 1.0)
+        sy = ch / h
+        tx = (2 * x0 + cw) / w - 1
+        ty = (2 * y0 + ch) / h - 1
+        zero = torch.zeros_like(sx)
+        theta = torch.stack((torch.stack((sx, zero, tx), 1), torch.stack((zero, sy, ty), 1)), 1)
+        grid = F.affine_grid(theta, (b, 3, s, s), align_corners=False)
+        out = F.grid_sample(x, grid, mode="bicubic", padding_mode="border", align_corners=False)
+        return out.clamp_(0.0, 1.0)
+
+    # -- colour -----------------------------------------------------------------------------
+    def _color(self, x: torch.Tensor, g) -> torch.Tensor:
+        b = x.shape[0]
+        dev = x.device
+        s = float(self.color_strength)
+        if s == 0 or self.color_p == 0:
+            return x
+        on = _bernoulli(b, self.color_p, dev, g)
+        strengths = (0.8 * s, 0.8 * s, 0.8 * s)
+        factors = [_uniform(b, max(0.0, 1 - m), 1 + m, dev, g) for m in strengths]
+        hue = _uniform(b, -0.2 * s, 0.2 * s, dev, g)
+        # An independent order of the four operations for every image.
+        order = torch.rand(b, 4, device=dev, generator=g).argsort(1)
+        for slot in range(4):
+            for op in range(4):
+                idx = torch.nonzero(on & (order[:, slot] == op)).squeeze(1)
+                if idx.numel() == 0:
+                    continue
+                xi = x.index_select(0, idx)
+                if op == 0:  # brightness: multiplicative, as SimCLRv2's implementation
+                    xi = xi * factors[0][idx].view(-1, 1, 1, 1)
+                elif op == 1:  # contrast: around each channel's mean, as tf.image.adjust_contrast
+                    f = factors[1][idx].view(-1, 1, 1, 1)
+                    mean = xi.mean((2, 3), keepdim=True)
+                    xi = (xi - mean) * f + mean
+                elif op == 2:  # saturation: blend with the grayscale image
+                    f = factors[2][idx].view(-1, 1, 1, 1)
+                    gray = rgb_to_grayscale(xi)
+                    xi = (xi - gray) * f + gray
+                else:  # hue: rotate in HSV
+                    hsv = rgb_to_hsv(xi)
+                    hsv[:, 0] = (hsv[:, 0] + hue[idx].view(-1, 1, 1)) % 1.0
+                    xi = hsv_to_rgb(hsv)
+                x = x.index_copy(0, idx, xi.clamp_(0.0, 1.0))
+        return x
+
+    def _gray(self, x: torch.Tensor, g) -> torch.Tensor:
+        if self.gray_p == 0:
+            return x
+        on = _bernoulli(x.shape[0], self.gray_p, x.device, g).view(-1, 1, 1, 1)
+        return torch.where(on, rgb_to_grayscale(x).expand_as(x), x)
+
+    def _blur(self, x: torch.Tensor, g) -> torch.Tensor:
+        b, c, h, w = x.shape
+        radius = int(self.image_size * self.blur_kernel_frac) // 2
+        if self.blur_p == 0 or radius < 1:
+            return x
+        on = _bernoulli(b, self.blur_p, x.device, g)
+        sigma = _uniform(b, self.blur_sigma[0], self.blur_sigma[1], x.device, g)
+        idx = torch.nonzero(on).squeeze(1)
+        if idx.numel() == 0:
+            return x
+        n = idx.numel()
+        taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+        k = torch.exp(-(taps**2) / (2 * sigma[idx].view(-1, 1) ** 2))
+        k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (n*c, K)
+        xi = x.index_select(0, idx).reshape(1, n * c, h, w)
+        pad = min(radius, h - 1, w - 1)
+        if pad < radius:  # reflect padding needs pad < side; fall back to replicate for tiny inputs
+            xi = F.pad(xi, (radius, radius, radius, radius), mode="replicate")
+        else:
+            xi = F.pad(xi, (radius, radius, radius, radius), mode="reflect")
+        xi = F.conv2d(xi, k.view(n * c, 1, 1, -1), groups=n * c)
+        xi = F.conv2d(xi, k.view(n * c, 1, -1, 1), groups=n * c)
+        return x.index_copy(0, idx, xi.view(n, c, h, w))
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected a batch of shape (B, 3, H, W), got {tuple(x.shape)}")
+        x = to_float(x)
+        x = self._crop_flip(x, generator)
+        x = self._color(x, generator)
+        x = self._gray(x, generator)
+        x = self._blur(x, generator)
+        return x.clamp_(0.0, 1.0)

@@ -1,0 +1,114 @@
+"""Decoding one image file into an RGB picture, and fitting it to a fixed square load size.
+
+Only the header is read by ``check_image`` (cheap, used when indexing a folder); ``decode_image``
+reads the pixels and normalises every mode Pillow knows to 8-bit RGB: EXIF orientation is applied,
+16/32-bit grayscale is scaled (not clipped) to 8 bits, transparency is composited over white.
+Anything unusable (empty, truncated, not an image, more pixels than the limit) raises
+``BadImageError`` whose message is the reason only; callers add the file name.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from simclr.config import DataConfig
+from simclr.data.errors import BadImageError, describe
+
+__all__ = ["check_image", "decode_image", "to_rgb", "to_tensor", "fit", "load_fixed", "load_size_for"]
+
+
+def _open(path: str | Path, max_pixels: int) -> Image.Image:
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        raise BadImageError("file not found") from None
+    except OSError as e:
+        raise BadImageError(f"cannot read ({describe(e)})") from None
+    if size == 0:
+        raise BadImageError("empty file")
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise BadImageError(f"refused: {str(e).split('.')[0]}") from None
+    except Exception as e:  # UnidentifiedImageError, OSError, SyntaxError from broken headers
+        raise BadImageError(f"not a readable image ({describe(e)})") from None
+    w, h = im.size
+    if w * h > max_pixels:
+        im.close()
+        raise BadImageError(f"refused: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} (decompression bomb?)")
+    if w < 1 or h < 1:
+        im.close()
+        raise BadImageError(f"image has no pixels ({w}x{h})")
+    return im
+
+
+def check_image(path: str | Path, max_pixels: int = DataConfig.max_pixels) -> tuple[int, int]:
+    """Read only the header: (width, height), or BadImageError."""
+    with _open(path, max_pixels) as im:
+        return im.size
+
+
+def decode_image(path: str | Path, max_pixels: int = DataConfig.max_pixels) -> Image.Image:
+    """Open an image as RGB, applying its EXIF orientation; grayscale, 16-bit, CMYK, RGBA and palette
+    images become RGB. Raises BadImageError for anything unusable."""
+    try:
+        with _open(path, max_pixels) as im:
+            im.load()
+            return to_rgb(im)
+    except BadImageError:
+        raise
+    except Exception as e:  # truncated data, broken streams
+        raise BadImageError(f"cannot decode ({describe(e)})") from None
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow image as 8-bit RGB (EXIF orientation applied, alpha over white)."""
+    im = ImageOps.exif_transpose(im)
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        # 16-bit and 32-bit grayscale: scale to 8 bits instead of clipping at 255
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if im.mode == "RGBA" or im.mode == "LA" or (im.mode == "P" and "transparency" in im.info):
+        # transparent pixels over white, as a viewer shows them
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im)
+    return im.convert("RGB")
+
+
+def to_tensor(im: Image.Image) -> torch.Tensor:
+    """An RGB picture as uint8 (3, H, W)."""
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+def fit(im: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to ``size`` and centre-crop a square."""
+    w, h = im.size
+    if (w, h) != (size, size):
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        im = im.resize((nw, nh), Image.BICUBIC, reducing_gap=None)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        im = im.crop((left, top, left + size, top + size))
+    return im
+
+
+def load_fixed(path: str | Path, size: int, max_pixels: int = DataConfig.max_pixels) -> torch.Tensor:
+    """Decode ``path`` and fit it to uint8 (3, size, size); BadImageError (the reason) if unusable."""
+    im = decode_image(path, max_pixels)
+    try:
+        return to_tensor(fit(im, size))
+    except Exception as e:  # pragma: no cover - a decoded image that still cannot be resized
+        raise BadImageError(f"cannot resize ({describe(e)})") from None
+
+
+def load_size_for(image_size: int) -> int:
+    """Load resolution for streamed images: 8/7 of the training size (256 for 224)."""
+    return int(math.ceil(image_size * 8 / 7))

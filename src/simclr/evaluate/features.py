@@ -1,0 +1,72 @@
+"""Feature extraction: the one loop that runs a frozen network over a dataset, for kNN, the linear
+probes, fine-tuning's test pass, embeddings and the analysis."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from simclr.data.augment import center_resize
+
+__all__ = ["extract_features"]
+
+
+@torch.no_grad()
+def extract_features(
+    net: nn.Module,
+    ds,
+    image_size: int,
+    device: torch.device,
+    batch_size: int = 256,
+    *,
+    head: nn.Module | None = None,
+    indices: torch.Tensor | None = None,
+    augment=None,
+    generator: torch.Generator | None = None,
+    channels_last: bool = True,
+    progress: bool = False,
+):
+    """Outputs of ``net`` in eval mode for the images of ``ds`` (an ImageSet), in order.
+
+    Args:
+        net: maps images (B, 3, S, S) in [0, 1] to (B, D): an encoder (h), or a whole classifier (logits).
+        ds: anything with ``get(idx) -> uint8 (len(idx), 3, H, W)`` and ``len``.
+        image_size: S; the view is the centre square resized to S, unless ``augment`` is given.
+        head: when given, also ``head(h)``; the result is then the pair (h, z).
+        indices: which images (default: all), as a 1-D int64 tensor.
+        augment: a ``SimCLRAugment`` to draw random views instead of centre views (with ``generator``).
+        progress: show a progress bar.
+
+    Returns:
+        float32 (len(indices), D) on the CPU, or (h, z) with ``head``. Train/eval modes are restored.
+    """
+    idx_all = torch.arange(len(ds)) if indices is None else indices
+    modules = [m for m in (net, head) if m is not None]
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(idx_all), desc="features", unit="img", dynamic_ncols=True, leave=False)
+    hs, zs = [], []
+    try:
+        for idx in idx_all.split(batch_size):
+            x = ds.get(idx).to(device, non_blocking=True)
+            x = augment(x, generator) if augment is not None else center_resize(x, image_size)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            h = net(x)
+            hs.append(h.float().cpu())
+            if head is not None:
+                zs.append(head(h).float().cpu())
+            if bar is not None:
+                bar.update(len(idx))
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+        if bar is not None:
+            bar.close()
+    h = torch.cat(hs) if hs else torch.zeros(0, 0)
+    return (h, torch.cat(zs)) if head is not None else h

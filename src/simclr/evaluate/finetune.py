@@ -1,0 +1,119 @@
+"""Semi-supervised fine-tuning (paper section 6.2; SimCLRv2 section 2).
+
+A class-balanced fraction of the labels (deterministic for a seed; the chosen files are saved) trains
+the whole network, initialised from the pretrained encoder (or randomly, the supervised baseline):
+SGD with Nesterov momentum 0.9, lr 0.05 x B/256, no weight decay, cosine schedule, random crop + flip
+only. The classifier sits on h or, as in SimCLRv2, on the output of the first k projection-head
+layers (``from_head_layer=k``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from simclr.evaluate.features import extract_features
+from simclr.evaluate.inputs import prepare, write_result
+from simclr.evaluate.knn import topk_accuracy
+from simclr.evaluate.linear import train_classifier
+from simclr.optim import scaled_lr
+from simclr.runtime import seeded
+
+__all__ = ["balanced_subset", "Classifier", "finetune", "finetune_evaluate"]
+
+
+def balanced_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """Sorted indices of ``fraction`` of every class (rounded, at least one per class)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
+    g = torch.Generator().manual_seed(seed)
+    keep = []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).squeeze(1)
+        n = max(1, int(round(fraction * len(idx))))
+        keep.append(idx[torch.randperm(len(idx), generator=g)[:n]])
+    return torch.cat(keep).sort().values
+
+
+class Classifier(nn.Module):
+    """Encoder (+ the first k layers of the projection head) + a linear layer: (B, 3, S, S) -> logits."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int, head: nn.Module | None = None, head_layers: int = 0):
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.head_layers = head_layers
+        dim = encoder.num_features
+        if head is not None and head_layers:
+            last = head.layers[head_layers - 1][0]
+            dim = last.out_features
+        self.fc = nn.Linear(dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(x)
+        if self.head is not None and self.head_layers:
+            h = self.head(h, upto=self.head_layers)
+        return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+def finetune(
+    model: Classifier,
+    train,
+    test,
+    image_size: int,
+    device: torch.device,
+    label_fraction: float,
+    epochs: int = 30,
+    batch_size: int = 256,
+    base_lr: float = 0.05,
+    seed: int = 0,
+    out: str | Path | None = None,
+    log=print,
+) -> dict:
+    """Fine-tune ``model`` on a balanced ``label_fraction`` of ``train``; top-1/top-5 on ``test``."""
+    subset = balanced_subset(train.labels, label_fraction, seed)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        names = train.names("train")
+        (out / "finetune_labels.txt").write_text("".join(f"{names[i]}\t{int(train.labels[i])}\n" for i in subset.tolist()))
+    data = train.subset(subset)
+    n = len(data)
+    bs = min(batch_size, n)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    lr = scaled_lr(base_lr, bs, "linear")
+    model.train()
+    train_classifier(model, list(model.parameters()), data, image_size, device, epochs, bs, lr, seed, log, "finetune")
+    model.eval()
+    logits = extract_features(model, test, image_size, device, bs)
+    res = topk_accuracy(logits, test.labels)
+    res.update(label_fraction=label_fraction, num_labelled=n, epochs=epochs, batch_size=bs, lr=lr)
+    return res
+
+
+def finetune_evaluate(cfg, log=print) -> dict:
+    """``simclr finetune`` from a ``simclr.config.FinetuneConfig``: results and the chosen label list go to
+    eval.out (default RUN/finetune-FRACTION, or runs/finetune-random-FRACTION for a random encoder)."""
+    inp = prepare(cfg, labelled=True, with_test=True)
+    ft, ev = cfg.finetune, cfg.eval
+    head = None
+    if ft.from_head_layer:
+        head = inp.run.head
+        if not ft.from_head_layer <= len(head.layers):
+            from simclr.config import ConfigError
+
+            raise ConfigError(f"finetune.from_head_layer must be in 1..{len(head.layers)} for this checkpoint")
+    with seeded(ev.seed):  # the classifier's initialisation
+        model = Classifier(inp.encoder, len(inp.data.classes), head, ft.from_head_layer)
+    folder = inp.run_folder / f"finetune-{ft.label_fraction:g}" if inp.run_folder else Path(f"runs/finetune-random-{ft.label_fraction:g}")
+    out = Path(ev.out) if ev.out else folder
+    res = finetune(model, inp.data, inp.test, inp.image_size, inp.device, ft.label_fraction, epochs=ft.epochs,
+                   batch_size=ev.batch_size, base_lr=ft.lr, seed=ev.seed, out=out, log=log)
+    res.update(encoder=inp.name, from_head_layer=ft.from_head_layer, image_size=inp.image_size)
+    write_result(out, "finetune", res)
+    return res

@@ -1,0 +1,177 @@
+"""Linear evaluation of a frozen encoder: the paper's two protocols.
+
+- ``sgd`` (the paper's ImageNet protocol): a linear classifier on h, trained with SGD + Nesterov
+  momentum 0.9, lr 0.1 x B/256, no weight decay, cosine schedule, on random crop + flip views whose
+  features are computed on the fly by the frozen encoder (BN in inference mode).
+- ``lbfgs`` (the paper's transfer protocol): features computed once from centre views, then
+  L2-regularised multinomial logistic regression solved with L-BFGS; the regularisation strength
+  is chosen on a validation split carved from the training data, then the model is refit on all of it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from simclr.data.augment import SimCLRAugment
+from simclr.evaluate.features import extract_features
+from simclr.evaluate.inputs import prepare, write_result
+from simclr.evaluate.knn import topk_accuracy
+from simclr.optim import scaled_lr, set_lr, warmup_cosine
+from simclr.runtime import seeded
+
+__all__ = ["linear_eval_lbfgs", "linear_eval_sgd", "linear_evaluate", "stratified_split", "crop_flip", "train_classifier"]
+
+
+def crop_flip(image_size: int) -> SimCLRAugment:
+    """Random resized crop + horizontal flip only (the evaluation protocols' training views)."""
+    return SimCLRAugment(image_size, color=False, grayscale=False, blur=False)
+
+
+def train_classifier(logits_fn, params: list, data, image_size: int, device: torch.device, epochs: int, batch_size: int,
+                     lr: float, seed: int, log=print, name: str = "train") -> None:
+    """The evaluation protocols' optimisation: SGD + Nesterov momentum 0.9, no weight decay, a cosine
+    schedule per step from ``lr`` to 0, cross-entropy on random crop + flip views of ``data``.
+
+    ``logits_fn(x)`` maps views (B, 3, S, S) (channels_last) to logits; ``params`` are what it trains.
+    Deterministic for ``seed`` on CPU (data order and crops).
+    """
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    aug = crop_flip(image_size)
+    n = len(data)
+    steps_per_epoch = max(1, n // batch_size)
+    total, step = epochs * steps_per_epoch, 0
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        run = 0.0
+        for s in range(steps_per_epoch):
+            idx = order[s * batch_size : (s + 1) * batch_size]
+            set_lr(opt, warmup_cosine(step, total, 0, lr))
+            x = aug(data.get(idx).to(device), gen if device.type == "cpu" else None)
+            loss = F.cross_entropy(logits_fn(x.contiguous(memory_format=torch.channels_last)), data.labels[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            run += loss.item()
+            step += 1
+        log(f"{name} epoch {epoch + 1}/{epochs}: loss {run / steps_per_epoch:.4f}")
+
+
+def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (train, val) with ``val_fraction`` of every class in val (at least one per class)."""
+    g = torch.Generator().manual_seed(seed)
+    tr, va = [], []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).squeeze(1)
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_val = max(1, int(round(val_fraction * len(idx)))) if len(idx) > 1 else 0
+        va.append(idx[:n_val])
+        tr.append(idx[n_val:])
+    return torch.cat(tr).sort().values, torch.cat(va).sort().values
+
+
+def _fit_logreg(x: np.ndarray, y: np.ndarray, c: float, max_iter: int):
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(C=c, solver="lbfgs", max_iter=max_iter, tol=1e-6)
+    clf.fit(x, y)
+    return clf
+
+
+def linear_eval_lbfgs(
+    encoder: nn.Module,
+    train,
+    test,
+    image_size: int,
+    device: torch.device,
+    num_grid: int = 12,
+    grid_range: tuple[float, float] = (-6.0, 5.0),
+    val_fraction: float = 0.2,
+    max_iter: int = 1000,
+    batch_size: int = 512,
+    seed: int = 0,
+    log=print,
+) -> dict:
+    """L-BFGS logistic regression on frozen centre-view features; returns top-1/top-5 and the chosen
+    regularisation. ``grid_range`` is log10 of the L2 strength lambda (C = 1 / lambda); the paper
+    searched 45 values in [1e-6, 1e5]."""
+    import warnings
+
+    ftr = extract_features(encoder, train, image_size, device, batch_size).double().numpy()
+    fte = extract_features(encoder, test, image_size, device, batch_size).double().numpy()
+    ytr, yte = train.labels.numpy(), test.labels.numpy()
+    # Standardising features keeps L-BFGS well conditioned; it does not change the model class.
+    mu, sd = ftr.mean(0), ftr.std(0) + 1e-8
+    ftr, fte = (ftr - mu) / sd, (fte - mu) / sd
+    tr_idx, va_idx = stratified_split(train.labels, val_fraction, seed)
+    tr_idx, va_idx = tr_idx.numpy(), va_idx.numpy()
+    lambdas = np.logspace(grid_range[0], grid_range[1], num_grid)
+    scores = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning at the weakest regularisation is expected
+        for lam in lambdas:
+            clf = _fit_logreg(ftr[tr_idx], ytr[tr_idx], 1.0 / lam, max_iter)
+            scores.append(float((clf.predict(ftr[va_idx]) == ytr[va_idx]).mean()))
+            log(f"lambda {lam:.2e}: val top-1 {scores[-1]:.4f}")
+        best = int(np.argmax(scores))
+        clf = _fit_logreg(ftr, ytr, 1.0 / lambdas[best], max_iter)
+    proba = torch.from_numpy(clf.predict_proba(fte))
+    # predict_proba's columns follow clf.classes_; map back to class indices
+    scores_full = torch.zeros(len(yte), len(train.classes), dtype=proba.dtype)
+    scores_full[:, torch.from_numpy(clf.classes_)] = proba
+    res = topk_accuracy(scores_full, test.labels)
+    res.update(solver="lbfgs", l2_lambda=float(lambdas[best]), val_top1=scores[best], grid=[float(v) for v in lambdas],
+               val_scores=scores)
+    return res
+
+
+def linear_eval_sgd(
+    encoder: nn.Module,
+    train,
+    test,
+    image_size: int,
+    device: torch.device,
+    epochs: int = 90,
+    batch_size: int = 256,
+    base_lr: float = 0.1,
+    seed: int = 0,
+    log=print,
+) -> dict:
+    """SGD linear probe on random crop + flip views of the frozen encoder; returns top-1/top-5."""
+    encoder.eval()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    with seeded(seed):  # the classifier's initialisation, without touching the caller's RNG
+        clf = nn.Linear(encoder.num_features, len(train.classes)).to(device)
+    lr = scaled_lr(base_lr, batch_size, "linear")
+
+    def classify(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # the encoder stays frozen
+            h = encoder(x)
+        return clf(h)
+
+    train_classifier(classify, list(clf.parameters()), train, image_size, device, epochs, batch_size, lr, seed, log, "linear")
+    with torch.no_grad():
+        fte = extract_features(encoder, test, image_size, device, batch_size)
+        logits = clf(fte.to(device)).cpu()
+    res = topk_accuracy(logits, test.labels)
+    res.update(solver="sgd", epochs=epochs, batch_size=batch_size, lr=lr)
+    return res
+
+
+def linear_evaluate(cfg, log=print) -> dict:
+    """``simclr linear`` from a ``simclr.config.LinearConfig``; writes linear.json into eval.out or the run folder."""
+    inp = prepare(cfg, labelled=True, with_test=True)
+    lin, ev = cfg.linear, cfg.eval
+    if lin.solver == "lbfgs":
+        res = linear_eval_lbfgs(inp.encoder, inp.data, inp.test, inp.image_size, inp.device, num_grid=lin.grid,
+                                val_fraction=lin.val_fraction, batch_size=ev.batch_size, seed=ev.seed, log=log)
+    else:
+        res = linear_eval_sgd(inp.encoder, inp.data, inp.test, inp.image_size, inp.device, epochs=lin.epochs,
+                              batch_size=ev.batch_size, base_lr=lin.lr, seed=ev.seed, log=log)
+    res.update(encoder=inp.name, image_size=inp.image_size, num_train=len(inp.data), num_test=len(inp.test))
+    write_result(ev.out or inp.run_folder, "linear", res)
+    return res

@@ -1,0 +1,105 @@
+"""The SimCLR model: encoder f, projection head g, NT-Xent, and an optional online linear probe.
+
+Both views of a batch go through the encoder as one batch of 2N, so BatchNorm statistics are
+computed over both views together, as in the official implementation. The forward pass is made of
+three public pieces (``embed``, ``contrastive``, ``online``) that the gradient-cached training step
+(``simclr.train.step``) reuses, so there is one forward pass in the package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from simclr.model.head import ProjectionHead
+from simclr.model.losses import nt_xent_with_accuracy
+from simclr.model.resnet import ResNet, build_encoder
+
+if TYPE_CHECKING:
+    from simclr.config import Config
+
+__all__ = ["SimCLR"]
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    """Up-cast half precision to float32; leave float32/float64 as they are."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+class SimCLR(nn.Module):
+    """Encoder + projection head trained with NT-Xent.
+
+    Args:
+        encoder: maps images (B, 3, H, W) to h (B, num_features); has ``num_features``.
+        head: maps h to z (B, out_dim).
+        temperature: tau of NT-Xent.
+        num_classes: when > 0, a linear classifier on the detached h is trained alongside (the
+            official code's linear evaluation while pretraining); it never changes the encoder.
+    """
+
+    def __init__(self, encoder: ResNet, head: nn.Module, temperature: float, num_classes: int = 0):
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.temperature = temperature
+        self.online = nn.Linear(encoder.num_features, num_classes) if num_classes > 0 else None
+
+    @classmethod
+    def from_config(cls, cfg: Config, num_classes: int = 0) -> SimCLR:
+        """Build from a resolved config (``simclr.config.resolve``): its model, head and loss sections."""
+        if cfg.model.cifar_stem is None:
+            raise ValueError("model.cifar_stem is still auto: resolve the config for an image size first")
+        encoder = build_encoder(**dataclasses.asdict(cfg.model))
+        head = ProjectionHead.from_config(encoder.num_features, cfg.head)
+        return cls(encoder, head, cfg.loss.temperature, num_classes)
+
+    # -- the pieces ---------------------------------------------------------------------------
+    def embed(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h (2n, num_features) and z (2n, out_dim, at least float32) of views x1, x2 (n, 3, S, S):
+        rows [0, n) are view 1, rows [n, 2n) view 2."""
+        h = self.encoder(torch.cat((x1, x2)))
+        return h, _f32(self.head(h))
+
+    def contrastive(self, z1: torch.Tensor, z2: torch.Tensor, gather=None, rank: int = 0):
+        """NT-Xent and contrastive accuracy (0-d each) of local projections z1, z2 (n, d).
+
+        ``gather`` (e.g. ``simclr.train.distributed.gather_with_grad``) collects the projections of
+        every device, so this device's anchors meet the whole global batch as negatives; ``rank``
+        places this device's images in it.
+        """
+        if gather is None:
+            return nt_xent_with_accuracy(z1, z2, self.temperature)
+        return nt_xent_with_accuracy(z1, z2, self.temperature, gather(z1), gather(z2), offset=rank * z1.shape[0])
+
+    def online_loss(self, h: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy and accuracy of the online probe on h (2n, F) detached, labels (n,) of the images.
+
+        The probe sees h without its graph: its gradient never reaches the encoder.
+        """
+        logits = self.online(_f32(h.detach()))
+        y = labels.repeat(2)
+        return F.cross_entropy(logits, y), (logits.argmax(1) == y).float().mean()
+
+    # -- the whole forward ---------------------------------------------------------------------
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, labels: torch.Tensor | None = None, gather=None,
+                rank: int = 0) -> dict[str, torch.Tensor]:
+        """Views x1, x2 (n, 3, S, S) of the same n images, labels (n,) or None.
+
+        Returns a dict with ``loss`` (to minimise: NT-Xent plus the online probe's cross-entropy),
+        ``contrastive_loss``, ``contrastive_acc`` and, with labels and a probe, ``online_loss``,
+        ``online_acc`` (all 0-d; only ``loss`` carries a graph).
+        """
+        n = x1.shape[0]
+        h, z = self.embed(x1, x2)
+        loss, acc = self.contrastive(z[:n], z[n:], gather, rank)
+        out = {"contrastive_loss": loss.detach(), "contrastive_acc": acc}
+        if self.online is not None and labels is not None:
+            ce, online_acc = self.online_loss(h, labels)
+            out.update(online_loss=ce.detach(), online_acc=online_acc.detach())
+            loss = loss + ce
+        out["loss"] = loss
+        return out

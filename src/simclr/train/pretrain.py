@@ -1,0 +1,56 @@
+"""``pretrain(cfg)``: from a config to a trained run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from simclr.checkpoint import CheckpointError
+from simclr.config import Config, default_image_size, resolve, validate
+from simclr.data import ImageSet, load_dataset
+from simclr.runtime import pick_device
+from simclr.train.distributed import DistEnv, init_distributed, shutdown
+from simclr.train.trainer import Trainer
+
+__all__ = ["pretrain", "load_training_data"]
+
+
+def pretrain(cfg: Config, log=print) -> Path:
+    """Run SimCLR pretraining as configured; returns the run folder.
+
+    Validates, loads the data, resolves the auto keys from the image size, then trains (resuming
+    from RUN/checkpoint.pt with ``train.resume``). Under torchrun every process calls this.
+    """
+    validate(cfg)
+    env = init_distributed(pick_device(cfg.train.device).type, cfg.train.dist_timeout)
+    try:
+        run = _pretrain(cfg, env, log)
+    except BaseException:
+        shutdown(barrier=False)
+        raise
+    shutdown()
+    return run
+
+
+def load_training_data(cfg: Config) -> tuple[Config, ImageSet, ImageSet | None]:
+    """Load data.path (and data.val_path), then resolve the config's auto keys for the data's image size.
+
+    Returns (the resolved, validated config, the training set, the monitor's labelled set or None).
+    """
+    train = load_dataset(cfg.data.path, cfg.data)
+    size = cfg.data.image_size or default_image_size(train.side, cfg.data.in_memory_max_side)
+    cfg = resolve(cfg, size)
+    validate(cfg)
+    val = load_dataset(cfg.data.val_path, cfg.data) if cfg.data.val_path else None
+    return cfg, train, val
+
+
+def _pretrain(cfg: Config, env: DistEnv, log) -> Path:
+    cfg, train, val = load_training_data(cfg)
+    trainer = Trainer(cfg, train, val, log, env)
+    if cfg.train.resume:
+        if not trainer.folder.checkpoint.is_file():
+            raise CheckpointError(f"--resume given but {trainer.folder.checkpoint} does not exist")
+        trainer.load_state_dict(trainer.folder.load(map_location=trainer.device))
+        trainer.log(f"resumed from {trainer.folder.checkpoint} at epoch {trainer.epoch}")
+    trainer.fit()
+    return Path(cfg.train.out)

@@ -1,0 +1,385 @@
+"""The pretraining loop.
+
+One step: learning rate -> two views of the uint8 batch, drawn on the device -> forward and backward
+(plain or gradient-cached) -> non-finite check -> optimiser step. One epoch: the steps, a
+metrics.jsonl line, the kNN monitor when due, a checkpoint. The random state of a step is a function
+of (seed, step), so a resumed run continues exactly where the saved one stood.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+
+from simclr.data.augment import SimCLRAugment
+from simclr.checkpoint import CheckpointError
+from simclr.config import Config, ConfigError, config_to_dict
+from simclr.data import Batches, ImageSet
+from simclr.model.simclr import SimCLR
+from simclr.optim import build_optimizer, scaled_lr, set_lr, warmup_cosine, warmup_steps_for
+from simclr.runtime import autocast_for, pick_device, step_generator
+from simclr.train.distributed import DistEnv, all_reduce_mean, convert_global_bn, gather_with_grad
+from simclr.train.monitor import KnnMonitor
+from simclr.train.run_folder import RunFolder
+from simclr.train.step import cached_backward, plain_backward
+
+__all__ = ["Trainer", "NonFiniteLoss", "Interrupted", "StepStats"]
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss or the weights became NaN or infinite; the run stops and the last good checkpoint is kept."""
+
+
+class Interrupted(Exception):
+    """A stop signal arrived; a checkpoint of the exact position was saved."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
+STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+
+
+@dataclass
+class StepStats:
+    """Sums of one epoch's step metrics, kept on the device (no host sync per step)."""
+
+    loss: torch.Tensor
+    acc: torch.Tensor
+    online_loss: torch.Tensor
+    online_acc: torch.Tensor
+    n: int = 0
+
+    @classmethod
+    def zeros(cls, device) -> StepStats:
+        return cls(*(torch.zeros((), device=device) for _ in range(4)))
+
+    def state(self) -> dict:
+        return {"loss": self.loss, "acc": self.acc, "online_loss": self.online_loss, "online_acc": self.online_acc, "n": self.n}
+
+    @classmethod
+    def from_state(cls, st: dict, device) -> StepStats:
+        return cls(*(st[k].to(device) for k in ("loss", "acc", "online_loss", "online_acc")), n=int(st["n"]))
+
+    def add(self, out: dict[str, torch.Tensor]) -> None:
+        if out.get("skipped"):
+            return
+        self.loss += out["contrastive_loss"].float()
+        self.acc += out["contrastive_acc"].float()
+        if "online_loss" in out:
+            self.online_loss += out["online_loss"].float()
+            self.online_acc += out["online_acc"].float()
+        self.n += 1
+
+
+class Trainer:
+    """Everything a pretraining run needs; ``fit()`` runs it.
+
+    Args:
+        cfg: a resolved, validated config (``simclr.config.resolve`` then ``validate``).
+        train: the training images; labels, when known, feed the online probe and the kNN monitor.
+        val: optional labelled images for the kNN monitor (else leave-one-out on ``train``).
+        log: a callable for human-readable lines (the CLI passes print).
+        dist_env: this process's place in a torchrun job (default: a single process). With several
+            processes the global batch ``train.batch_size`` is split evenly across them, BatchNorm
+            statistics and NT-Xent negatives cover the global batch, and only rank 0 writes files.
+        model: the SimCLR module to train (default: ``SimCLR.from_config(cfg)``); pass a subclass to
+            change a piece of the method.
+    """
+
+    def __init__(self, cfg: Config, train: ImageSet, val: ImageSet | None = None, log=print,
+                 dist_env: DistEnv | None = None, model: SimCLR | None = None):
+        t, o = cfg.train, cfg.optim
+        self.cfg, self.train_set = cfg, train
+        self.env = env = dist_env or DistEnv()
+        self.log = log if env.is_main else (lambda *_: None)
+        if t.batch_size % env.world_size:
+            raise ConfigError(f"train.batch_size {t.batch_size} must be divisible by the number of processes ({env.world_size})")
+        if t.chunk_size and env.distributed:
+            raise ConfigError("train.chunk_size (the gradient-cached step) runs in a single process; under torchrun "
+                              "the global batch is already split across devices, so set train.chunk_size 0")
+        self.local_batch = t.batch_size // env.world_size
+        self.device = pick_device(t.device)
+        if self.device.type == "cuda" and env.distributed:
+            self.device = torch.device("cuda", env.local_rank)
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        torch.manual_seed(t.seed)
+        self.folder = RunFolder(t.out, is_main=env.is_main)
+        self.num_classes = len(train.classes) if (train.has_labels and cfg.monitor.online_linear) else 0
+        self.model = model if model is not None else SimCLR.from_config(cfg, self.num_classes)
+        if env.distributed:
+            self.model = convert_global_bn(self.model)  # the paper's global BN: statistics over all devices
+        self.model = self.model.to(self.device, memory_format=torch.channels_last if t.channels_last else torch.preserve_format)
+        self.augment = SimCLRAugment.from_config(cfg.augment, cfg.data.image_size)
+        self.batches = Batches(train, self.local_batch, t.seed, num_workers=cfg.data.num_workers, rank=env.rank,
+                               world_size=env.world_size, strict=cfg.data.strict)
+        self.steps_per_epoch = len(self.batches)
+        self.total_steps = self.steps_per_epoch * t.epochs
+        self.peak_lr = scaled_lr(o.base_lr, t.batch_size, o.lr_scaling)
+        self.warmup_steps = warmup_steps_for(o.warmup_epochs, self.steps_per_epoch, self.total_steps, o.warmup_max_fraction)
+        self.optimizer = build_optimizer(o.name, torch.nn.ModuleList([self.model.encoder, self.model.head]), self.peak_lr,
+                                         o.weight_decay, o.momentum, o.eta)
+        if self.model.online is not None:
+            # The online probe only monitors: plain momentum SGD at a tenth of the rate (the usual
+            # linear-probe lr of 0.1 x B/256 at the CIFAR base rate), no decay, no LARS adaptation,
+            # so that it keeps up in short runs. Its gradients never reach the encoder.
+            self.optimizer.add_param_group(
+                dict(params=list(self.model.online.parameters()), weight_decay=0.0, lars_exclude=True, lr_mult=0.1))
+        self.autocast, self.precision = autocast_for(self.device, t.precision)
+        # Disabled unless fp16: then scale() is the identity and step() a plain optimiser step.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.forward_backward = self._backward_path()
+        self.monitor = KnnMonitor(cfg, train, val, self.device, t.epochs)
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimiser steps completed
+        self.skipped = 0  # steps skipped for a non-finite loss (train.skip_nonfinite)
+        self.stats: StepStats | None = None  # the running epoch's sums (saved mid-epoch on a signal)
+        self._signal: int | None = None
+        self._saved_epoch = 0
+
+    def _backward_path(self):
+        """The plain step (DDP-wrapped and compiled as configured), or the gradient-cached one."""
+        t = self.cfg.train
+        if t.chunk_size and t.chunk_size < self.local_batch:
+            return functools.partial(cached_backward, self.model, chunk=t.chunk_size, autocast=self.autocast, scale=self.scaler.scale)
+        net = self.model
+        if self.env.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            # Global BN keeps the running statistics equal on every rank: no buffer broadcast needed.
+            no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+                       else "broadcast_buffers")  # renamed in recent PyTorch
+            net = DDP(net, device_ids=[self.device.index] if self.device.type == "cuda" else None, **{no_sync: False})
+        net = torch.compile(net) if t.compile else net
+        gather = gather_with_grad if self.env.distributed else None
+        return functools.partial(plain_backward, net, autocast=self.autocast, scale=self.scaler.scale, gather=gather,
+                                 rank=self.env.rank)
+
+    # -- one step ---------------------------------------------------------------------------
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimisation step on uint8 images x (B, 3, H, W) and labels y (B,)."""
+        lr = warmup_cosine(self.step, self.total_steps, self.warmup_steps, self.peak_lr)
+        set_lr(self.optimizer, lr)
+        x = x.to(self.device, non_blocking=True)
+        g = step_generator(self.cfg.train.seed, self.step, self.env.rank, self.device)
+        v1, v2 = self._layout(self.augment(x, g)), self._layout(self.augment(x, g))
+        labels = y.to(self.device, non_blocking=True) if self.num_classes else None
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self.forward_backward(v1, v2, labels)
+        out["lr"] = torch.tensor(lr)
+        # One host sync per step: the price of never applying a NaN update.
+        if self._any_rank(not bool(torch.isfinite(out["loss"]).all())):
+            return self._skip_or_stop(out)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        return out
+
+    def _layout(self, v: torch.Tensor) -> torch.Tensor:
+        return v.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else v
+
+    def _any_rank(self, flag: bool) -> bool:
+        """True when ``flag`` holds on any rank (every rank must take the same branch)."""
+        if not self.env.distributed:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def _skip_or_stop(self, out: dict) -> dict:
+        self.optimizer.zero_grad(set_to_none=True)
+        if not self.cfg.train.skip_nonfinite:
+            raise NonFiniteLoss(
+                f"the loss became non-finite at step {self.step + 1} (epoch {self.epoch + 1}); stopped, and the last good "
+                f"checkpoint (epoch {self.epoch}) is kept. Lower optim.base_lr, use train.precision fp32, or set "
+                "train.skip_nonfinite true to skip such steps")
+        self.skipped += 1
+        self.step += 1
+        out["skipped"] = True
+        return out
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "format": "simclr-checkpoint-v1",
+            "config": config_to_dict(self.cfg),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "skipped": self.skipped,
+            "partial": self.stats.state() if (self.stats is not None and self.stats.n) else {},
+            "num_classes": self.num_classes,
+            "classes": list(self.train_set.classes),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = state.get("config", {}).get("model", {})
+        mine = config_to_dict(self.cfg)["model"]
+        for key in ("arch", "width", "cifar_stem"):
+            if saved.get(key) != mine.get(key):
+                raise CheckpointError(
+                    f"the checkpoint was trained with model.{key}={saved.get(key)!r}, this run has {mine.get(key)!r}; "
+                    "resume with the same model settings or start a new --out folder")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"the checkpoint does not fit this model: {str(e).splitlines()[0]}") from None
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self._saved_epoch = self.epoch
+        self.skipped = int(state.get("skipped", 0))
+        partial = state.get("partial") or {}
+        self.stats = StepStats.from_state(partial, self.device) if partial else None
+
+    def save(self, epoch_end: bool = True) -> None:
+        """Checkpoint the exact position (and the encoder); refuses to overwrite good weights with non-finite ones."""
+        state = self.state_dict()
+        bad = _nonfinite(state["model"]) + _nonfinite(state["optimizer"]["state"], "optimizer state ")
+        if bad:
+            raise NonFiniteLoss(f"{len(bad)} tensor(s) became non-finite (e.g. {bad[0]}) by step {self.step}; stopped, and "
+                                f"the last good checkpoint (epoch {self._saved_epoch}) is kept. Lower optim.base_lr or use "
+                                "train.precision fp32")
+        m = self.cfg.model
+        meta = {"arch": m.arch, "width": str(m.width), "cifar_stem": str(m.cifar_stem),
+                "image_size": str(self.cfg.data.image_size), "epoch": str(self.epoch)}
+        self.folder.save(state, self.model.encoder, meta, self.cfg.train.keep_checkpoints, epoch_end)
+        self._saved_epoch = self.epoch
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self) -> list[dict]:
+        """Train from the current epoch to ``train.epochs``; returns the metrics of the new epochs.
+
+        SIGINT, SIGTERM and SIGHUP finish the step in flight, save the exact position and raise
+        ``Interrupted``; a second SIGINT aborts at once.
+        """
+        self.folder.start(self.cfg, self.epoch)
+        self.folder.write_bad_files(self.train_set.bad)
+        if self.train_set.bad:
+            print(f"warning: skipped {len(self.train_set.bad)} unreadable image file(s); they are listed in "
+                  f"{self.folder.path / 'bad_files.txt'} (use --strict to stop at the first)", file=sys.stderr)
+        self.model.train()
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            handlers = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+        try:
+            return [self._epoch(epoch) for epoch in range(self.epoch, self.cfg.train.epochs)]
+        finally:
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._signal == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without saving
+        self._signal = signum
+
+    def _epoch(self, epoch: int) -> dict:
+        t = self.cfg.train
+        start_step = self.step - epoch * self.steps_per_epoch  # > 0 when resuming mid-epoch
+        if not (start_step > 0 and self.stats is not None):
+            self.stats = StepStats.zeros(self.device)
+        bar = _progress(self.steps_per_epoch, start_step, f"epoch {epoch + 1}/{t.epochs}", t.progress and self.env.is_main)
+        start, steps, known_bad = time.perf_counter(), 0, len(self.train_set.bad)
+        for x, y, _ in self.batches.epoch(epoch, start_step):
+            out = self.train_step(x, y)
+            self.stats.add(out)
+            steps += 1
+            if self._any_rank(self._signal is not None):
+                self.save(epoch_end=False)
+                self._stopped(epoch)
+            if len(self.train_set.bad) > known_bad:  # streamed files that broke during the epoch
+                known_bad = len(self.train_set.bad)
+                self.folder.write_bad_files(self.train_set.bad)
+            if bar is not None:
+                bar.update(1)
+                if self.step % 10 == 0:
+                    bar.set_postfix(loss=f"{out['contrastive_loss'].item():.3f}", lr=f"{out['lr'].item():.3g}")
+        rec = self._epoch_record(epoch, steps, time.perf_counter() - start)
+        if bar is not None:
+            bar.close()
+        # Every rank computes the monitor (only rank 0 records it): a rank idling while rank 0
+        # works would sit in its next collective and could hit the distributed timeout.
+        if self.monitor.due(self.epoch):
+            k0 = time.perf_counter()
+            rec.update(self.monitor(self.model.encoder))
+            rec["knn_time"] = time.perf_counter() - k0
+        self.folder.append_metrics(rec)
+        self.log(_format(rec))
+        if self.epoch % t.checkpoint_every == 0 or self.epoch == t.epochs:
+            self.save()
+        return rec
+
+    def _epoch_record(self, epoch: int, steps: int, elapsed: float) -> dict:
+        s = self.stats
+        loss = all_reduce_mean(s.loss / max(1, s.n)).item()  # the one host sync of the epoch
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        if not math.isfinite(loss) or s.n == 0:  # every step was skipped
+            raise NonFiniteLoss(f"no finite loss in epoch {epoch + 1}; the last good checkpoint is kept")
+        self.epoch, self.stats = epoch + 1, None
+        rec = {"epoch": self.epoch, "step": self.step, "loss": loss, "contrastive_acc": all_reduce_mean(s.acc / s.n).item(),
+               "lr": warmup_cosine(self.step - 1, self.total_steps, self.warmup_steps, self.peak_lr),
+               "epoch_time": elapsed, "images_per_sec": steps * self.cfg.train.batch_size / max(elapsed, 1e-9)}
+        if self.skipped:
+            rec["skipped_steps"] = self.skipped
+        if self.num_classes:
+            rec["online_loss"] = all_reduce_mean(s.online_loss / s.n).item()
+            rec["online_acc"] = all_reduce_mean(s.online_acc / s.n).item()
+        return rec
+
+    def _stopped(self, epoch: int):
+        signum = self._signal or signal.SIGTERM
+        raise Interrupted(signum, f"interrupted by {signal.Signals(signum).name} at epoch {epoch + 1}, step {self.step}; "
+                                  f"checkpoint saved in {self.folder.path}; continue with --resume")
+
+
+def _nonfinite(tensors: dict, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors of a (nested) state dict holding NaN or inf (one host sync)."""
+    flat = []
+
+    def walk(obj, name):
+        if isinstance(obj, torch.Tensor):
+            if obj.is_floating_point():
+                flat.append((name, obj))
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, f"{name}.{k}" if name else str(k))
+
+    walk(tensors, "")
+    if not flat:
+        return []
+    ok = torch.stack([torch.isfinite(t).all() for _, t in flat]).cpu()
+    return [prefix + name for (name, _), good in zip(flat, ok.tolist()) if not good]
+
+
+def _progress(total: int, done: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _format(rec: dict) -> str:
+    parts = [f"epoch {rec['epoch']}", f"loss {rec['loss']:.4f}", f"acc {rec['contrastive_acc']:.3f}", f"lr {rec['lr']:.4g}",
+             f"{rec['images_per_sec']:.0f} img/s"]
+    if "online_acc" in rec:
+        parts.append(f"online {rec['online_acc']:.3f}")
+    if "knn_top1" in rec:
+        parts.append(f"knn {rec['knn_top1']:.3f}")
+    return "  ".join(parts)

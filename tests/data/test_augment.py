@@ -1,0 +1,140 @@
+"""Batched SimCLR augmentation: shapes, ranges, per-image draws, probabilities, switches."""
+
+import pytest
+import torch
+
+from simclr.data.augment import SimCLRAugment, center_resize, hsv_to_rgb, rgb_to_grayscale, rgb_to_hsv
+
+
+def _images(n=64, side=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, side, side), generator=g, dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize("size", [32, 24, 64])
+def test_shape_dtype_range(dtype, size):
+    x = _images()
+    if dtype == torch.float32:
+        x = x.float() / 255
+    out = SimCLRAugment(size)(x, torch.Generator().manual_seed(1))
+    assert out.shape == (64, 3, size, size)
+    assert out.dtype == torch.float32
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_non_square_input():
+    x = torch.rand(4, 3, 30, 50)
+    assert SimCLRAugment(32)(x).shape == (4, 3, 32, 32)
+
+
+def test_bad_input_shape():
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        SimCLRAugment(32)(torch.rand(3, 32, 32))
+
+
+def test_grayscale_fraction_per_batch():
+    """Acceptance check 4: over 10 batches of 1000 images, each batch's grayscale share is in 0.15-0.25."""
+    aug = SimCLRAugment(32)
+    g = torch.Generator().manual_seed(0)
+    for i in range(10):
+        x = _images(1000, 32, seed=i)
+        out = aug(x, g)
+        gray = (out[:, 0] == out[:, 1]).flatten(1).all(1) & (out[:, 1] == out[:, 2]).flatten(1).all(1)
+        frac = gray.float().mean().item()
+        assert 0.15 <= frac <= 0.25, frac
+
+
+def test_every_image_gets_its_own_draw():
+    # The same image repeated: with per-image parameters, the outputs differ from each other.
+    x = _images(1, 32).repeat(16, 1, 1, 1)
+    out = SimCLRAugment(32)(x, torch.Generator().manual_seed(0))
+    distinct = {tuple(o.flatten()[:50].tolist()) for o in out}
+    assert len(distinct) == 16
+
+
+def test_two_calls_give_different_views_and_seeded_calls_repeat():
+    x = _images(8, 32)
+    aug = SimCLRAugment(32)
+    g = torch.Generator().manual_seed(3)
+    a, b = aug(x, g), aug(x, g)
+    assert not torch.equal(a, b)
+    g2 = torch.Generator().manual_seed(3)
+    torch.testing.assert_close(aug(x, g2), a)
+
+
+def test_everything_off_is_identity_at_same_size():
+    x = _images(8, 32)
+    aug = SimCLRAugment(32, crop=False, flip_p=0.0, color_p=0.0, gray_p=0.0, blur_p=0.0)
+    torch.testing.assert_close(aug(x), x.float() / 255)
+
+
+def test_flip_only_flips_about_half():
+    x = _images(2000, 8)
+    aug = SimCLRAugment(8, crop=False, flip_p=0.5, color_p=0.0, gray_p=0.0, blur_p=0.0)
+    out = aug(x, torch.Generator().manual_seed(0))
+    ref = x.float() / 255
+    same = (out - ref).abs().flatten(1).amax(1) < 1e-5
+    flipped = (out - ref.flip(-1)).abs().flatten(1).amax(1) < 1e-5
+    assert (same | flipped).all()
+    assert 0.45 < flipped.float().mean().item() < 0.55
+
+
+def test_crop_areas_follow_range():
+    aug = SimCLRAugment(32)
+    boxes = aug._crop_boxes(5000, 100, 100, "cpu", torch.Generator().manual_seed(0))
+    area = boxes[:, 2] * boxes[:, 3] / 1e4
+    ratio = boxes[:, 2] / boxes[:, 3]
+    assert area.min() >= 0.07 and area.max() <= 1.0
+    assert ratio.min() >= 0.70 and ratio.max() <= 1.40
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 0] + boxes[:, 2] <= 100).all()
+    assert (boxes[:, 1] >= 0).all() and (boxes[:, 1] + boxes[:, 3] <= 100).all()
+    assert 0.45 < area.mean().item() < 0.62  # uniform in [0.08, 1] has mean 0.54
+
+
+def test_paper_defaults_depend_on_size():
+    small, large = SimCLRAugment(32), SimCLRAugment(224)
+    assert small.color_strength == 0.5 and small.blur_p == 0.0
+    assert large.color_strength == 1.0 and large.blur_p == 0.5
+
+
+def test_blur_smooths():
+    x = _images(32, 64)
+    aug = SimCLRAugment(64, crop=False, flip_p=0.0, color_p=0.0, gray_p=0.0, blur_p=1.0, blur_sigma=(1.0, 2.0))
+    out = aug(x)
+    ref = x.float() / 255
+    # high-frequency energy drops for every image (sigma >= 1 px is a clear blur)
+    hf = lambda t: (t[..., 1:] - t[..., :-1]).abs().mean((1, 2, 3))  # noqa: E731
+    assert (hf(out) < 0.6 * hf(ref)).all()
+    # with p = 0.5 about half the images are blurred, the rest untouched
+    half = SimCLRAugment(64, crop=False, flip_p=0.0, color_p=0.0, gray_p=0.0, blur_p=0.5, blur_sigma=(1.0, 2.0))
+    out = half(x.repeat(8, 1, 1, 1), torch.Generator().manual_seed(0))
+    untouched = (out - ref.repeat(8, 1, 1, 1)).abs().flatten(1).amax(1) < 1e-6
+    assert 0.3 < untouched.float().mean().item() < 0.7
+    assert abs(out.mean() - ref.mean()) < 0.01  # the kernel is normalised
+
+
+def test_color_jitter_keeps_grayscale_structure_and_changes_colours():
+    x = _images(64, 16)
+    aug = SimCLRAugment(16, crop=False, flip_p=0.0, color_p=1.0, gray_p=0.0, blur_p=0.0, color_strength=1.0)
+    out = aug(x, torch.Generator().manual_seed(0))
+    assert (out - x.float() / 255).abs().flatten(1).amax(1).min() > 0.01
+
+
+def test_hsv_roundtrip_and_gray():
+    x = torch.rand(4, 3, 8, 8)
+    torch.testing.assert_close(hsv_to_rgb(rgb_to_hsv(x)), x, atol=1e-5, rtol=0)
+    g = rgb_to_grayscale(torch.ones(1, 3, 2, 2))
+    torch.testing.assert_close(g, torch.full((1, 1, 2, 2), 0.9999), atol=1e-4, rtol=0)
+
+
+def test_center_resize():
+    x = _images(2, 40)
+    assert center_resize(x, 32).shape == (2, 3, 32, 32)
+    torch.testing.assert_close(center_resize(x, 40), x.float() / 255)
+
+
+@pytest.mark.parametrize("kwargs", [dict(crop_scale=(0.5, 0.1)), dict(gray_p=1.5), dict(color_strength=-1.0), dict(blur_sigma=(0.0, 1.0))])
+def test_invalid_settings(kwargs):
+    with pytest.raises(ValueError):
+        SimCLRAugment(32, **kwargs)

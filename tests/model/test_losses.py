@@ -1,0 +1,92 @@
+"""NT-Xent against a float64 loop transcription of the paper's Algorithm 1."""
+
+import math
+
+import pytest
+import torch
+
+from simclr.model.losses import contrastive_logits, nt_xent, nt_xent_with_accuracy
+
+
+def algorithm1(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
+    """Algorithm 1 of Chen et al. (2020), written as loops: z_{2k-1}, z_{2k} are the two views of image k."""
+    n = z1.shape[0]
+    z = []
+    for k in range(n):
+        z += [z1[k], z2[k]]
+
+    def sim(u, v):
+        return (u @ v) / (u.norm() * v.norm())
+
+    def ell(i, j):
+        num = torch.exp(sim(z[i], z[j]) / tau)
+        den = sum(torch.exp(sim(z[i], z[m]) / tau) for m in range(2 * n) if m != i)
+        return -torch.log(num / den)
+
+    total = 0.0
+    for k in range(n):
+        total = total + ell(2 * k, 2 * k + 1) + ell(2 * k + 1, 2 * k)
+    return total / (2 * n)
+
+
+@pytest.mark.parametrize("n,d,tau", [(2, 3, 0.5), (5, 8, 0.1), (8, 16, 1.0), (13, 4, 0.07), (4, 128, 0.2)])
+def test_matches_algorithm1_values_and_gradients(n, d, tau):
+    g = torch.Generator().manual_seed(n * 100 + d)
+    a = torch.randn(n, d, generator=g, dtype=torch.float64)
+    b = torch.randn(n, d, generator=g, dtype=torch.float64)
+    # ours in float32, the training dtype; the reference in float64
+    a1, b1 = a.float().requires_grad_(), b.float().requires_grad_()
+    a2, b2 = a.clone().requires_grad_(), b.clone().requires_grad_()
+    ours = nt_xent(a1, b1, tau)
+    ref = algorithm1(a2, b2, tau)
+    ours.backward()
+    ref.backward()
+    assert ours.dtype == torch.float32
+    assert abs(ours.item() - ref.item()) < 1e-6 * max(1.0, abs(ref.item()))
+    torch.testing.assert_close(a1.grad.double(), a2.grad, atol=1e-6, rtol=0)
+    torch.testing.assert_close(b1.grad.double(), b2.grad, atol=1e-6, rtol=0)
+    # and in float64 it agrees to rounding
+    assert abs(nt_xent(a, b, tau).item() - ref.item()) < 1e-12 * max(1.0, abs(ref.item()))
+
+
+def test_perfect_alignment_gives_low_loss_and_full_accuracy():
+    z = torch.eye(4) * 10
+    loss, acc = nt_xent_with_accuracy(z, z.clone(), 0.05)
+    assert acc.item() == 1.0
+    assert loss.item() < 1e-3
+
+
+def test_uniform_embeddings_give_log_2n_minus_1():
+    z = torch.ones(6, 3)
+    loss = nt_xent(z, z.clone(), 0.5)
+    assert math.isclose(loss.item(), math.log(2 * 6 - 1), rel_tol=1e-5)
+
+
+def test_gathered_negatives_equal_full_batch():
+    """Anchors of two 'devices' scored against the global batch give the full batch's loss and gradients."""
+    g = torch.Generator().manual_seed(0)
+    z1 = torch.randn(8, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    z2 = torch.randn(8, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    full = nt_xent(z1, z2, 0.3)
+    (gf1, gf2) = torch.autograd.grad(full, (z1, z2))
+    parts = [nt_xent(z1[r * 4 : (r + 1) * 4], z2[r * 4 : (r + 1) * 4], 0.3, z1, z2, offset=r * 4) for r in range(2)]
+    split = sum(parts) / 2
+    (gs1, gs2) = torch.autograd.grad(split, (z1, z2))
+    assert abs(full.item() - split.item()) < 1e-6
+    torch.testing.assert_close(gf1, gs1, atol=1e-6, rtol=0)
+    torch.testing.assert_close(gf2, gs2, atol=1e-6, rtol=0)
+
+
+def test_logits_layout():
+    z1, z2 = torch.randn(3, 4), torch.randn(3, 4)
+    logits, labels = contrastive_logits(z1, z2, 0.5)
+    assert logits.shape == (6, 6)
+    assert labels.tolist() == [3, 4, 5, 0, 1, 2]
+    assert (logits.diagonal() < -1e8).all()
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="temperature"):
+        nt_xent(torch.randn(2, 3), torch.randn(2, 3), 0.0)
+    with pytest.raises(ValueError, match="z1 and z2"):
+        nt_xent(torch.randn(2, 3), torch.randn(3, 3), 0.5)
