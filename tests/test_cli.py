@@ -106,9 +106,12 @@ def test_resume_after_kill_continues(tmp_path):
     assert final["epoch"] == 6 and final["step"] == 6 * (1024 // 32)
 
 
-def test_resume_without_checkpoint_is_an_error(tmp_path):
+def test_resume_without_checkpoint_starts_from_the_beginning(tmp_path):
+    """Issue 9: one command can be re-run after any kill, even one before the first checkpoint."""
     r = _run_cli(["pretrain", *TINY, "--epochs", "1", "--out", str(tmp_path / "none"), "--resume"])
-    assert r.returncode == 2 and "does not exist" in r.stderr
+    assert r.returncode == 0, r.stderr
+    assert "has no checkpoint yet, so the run starts from the beginning" in r.stderr
+    assert (tmp_path / "none" / "checkpoint.pt").is_file()
 
 
 def test_pretrain_on_unlabelled_folder(tmp_path):

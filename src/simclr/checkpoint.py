@@ -21,22 +21,39 @@ __all__ = ["CheckpointError", "Pretrained", "atomic_write", "save_checkpoint", "
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable or does not fit the model."""
+    """A checkpoint that is missing, unreadable or does not fit the model, or a file that cannot be written."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type when the message is empty), for one-line errors."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(tmp_path)`` then move the result to ``path`` atomically (same filesystem)."""
+    """Call ``write(tmp_path)`` then move the result to ``path`` atomically (same filesystem).
+
+    Any failure (a full disk, a read-only folder, an error of ``write``) leaves the previous file
+    intact, removes the temporary file and raises CheckpointError naming ``path``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:200]}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~_UMASK)  # the permissions of an ordinary new file, not mkstemp's 0600
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as e:  # OSError, and torch's RuntimeError when its writer hits a full disk
+        free = _free_bytes(path.parent)
+        hint = "; the disk is full" if free is not None and free < (1 << 20) else ""
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
+        raise CheckpointError(f"cannot write {path}: {reason}{hint}; the previous file, if any, is kept") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
     try:  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
@@ -46,6 +63,24 @@ def atomic_write(path: str | Path, write) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        import shutil
+
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -66,10 +101,21 @@ def find_checkpoint(path: str | Path) -> Path:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint without executing code (``weights_only=True``)."""
     p = find_checkpoint(path)
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"cannot load checkpoint {p}: the file is empty (a save that never finished)")
     try:
-        return torch.load(p, map_location=map_location, weights_only=True)
+        state = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle errors, truncated files, forbidden globals
-        raise CheckpointError(f"cannot load checkpoint {p}: {str(e).splitlines()[0]}") from None
+        if "weights only load failed" in str(e).lower():
+            why = "it holds Python objects other than tensors, so it is not a simclr checkpoint and was not loaded"
+        elif isinstance(e, (OSError, EOFError)) or "zip archive" in str(e).lower() or "central directory" in str(e).lower():
+            why = f"it is truncated or not a torch file (an interrupted copy or save; {first_line(e)})"
+        else:
+            why = first_line(e)
+        raise CheckpointError(f"cannot load checkpoint {p}: {why}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"cannot load checkpoint {p}: it holds a {type(state).__name__}, not a training state")
+    return state
 
 
 def save_encoder(encoder: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:

@@ -32,7 +32,7 @@ _TRAIN_TEST = {"train-data": "data.path", "test-data": "data.val_path"}
 FLAGS: dict[str, dict[str, str]] = {
     "pretrain": {"data": "data.path", "arch": "model.arch", "width": "model.width", "epochs": "train.epochs",
                  "batch-size": "train.batch_size", "out": "train.out", "device": "train.device", "seed": "train.seed",
-                 "resume": "train.resume", "strict": "data.strict"},
+                 "resume": "train.resume", "overwrite": "train.overwrite", "strict": "data.strict"},
     "knn": {**_ENCODER, **_EVAL, **_TRAIN_TEST, "k": "knn.k", "temperature": "knn.temperature"},
     "linear": {**_ENCODER, **_EVAL, **_TRAIN_TEST, "solver": "linear.solver", "epochs": "linear.epochs", "lr": "linear.lr",
                "grid": "linear.grid", "val-fraction": "linear.val_fraction"},
@@ -42,7 +42,7 @@ FLAGS: dict[str, dict[str, str]] = {
     "export": {"checkpoint": "encoder.checkpoint", "format": "export.format", "out": "eval.out", "device": "eval.device"},
     "analyze": {**_ENCODER, **_EVAL, "data": "data.path", "max-images": "analyze.max_images"},
 }
-SWITCHES = {"random-init", "json", "resume", "strict", "projection"}
+SWITCHES = {"random-init", "json", "resume", "overwrite", "strict", "projection"}
 HELP = {
     "pretrain": "SimCLR pretraining",
     "knn": "weighted kNN accuracy of an encoder's h",
@@ -245,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
         return _demo(args) if args.command == "demo" else _config(args)
     except (ConfigError, DataError, CheckpointError, UsageError, FloatingPointError) as e:
         print(f"simclr {args.command}: error: {' '.join(str(e).split())[:2000]}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file or folder the command could not use
+        where = f" {os.fsdecode(e.filename)!r}" if e.filename else ""
+        print(f"simclr {args.command}: error: {e.strerror or type(e).__name__}{where}", file=sys.stderr)
         return 2
     except Interrupted as e:
         print(f"simclr {args.command}: {e}", file=sys.stderr)

@@ -204,8 +204,11 @@ class TrainConfig:
     channels_last: bool = key(True, "channels-last memory format (faster convolutions)")
     compile: bool = key(False, "torch.compile the model")
     out: str = key("runs/simclr", "run folder")
-    resume: bool = key(False, "continue from OUT/checkpoint.pt")
+    resume: bool = key(False, "continue the run in train.out (from the beginning when it has no checkpoint yet)")
+    overwrite: bool = key(False, "replace the run in train.out (its files are removed first)")
     checkpoint_every: int = key(1, "epochs between checkpoints", lo=1, hi=1_000_000)
+    checkpoint_minutes: float = key(15.0, "also checkpoint mid-epoch after this many minutes (preemptible machines); 0 = off",
+                                    lo=0, hi=1e6)
     threads: int = key(0, "torch intra-op threads on CPU; 0 = PyTorch's default", lo=0, hi=1024)
     dist_timeout: float = key(60.0, "seconds a collective may wait under torchrun before the run fails", gt=0, hi=1e6)
     # > 0: gradient-cached step over chunks of this many images (huge batches on one device; BN then
@@ -721,6 +724,8 @@ def _cross_checks(cfg) -> list[str]:
     if isinstance(cfg, Config):
         if not cfg.train.out:
             errs.append("train.out must name a run folder")
+        if cfg.train.resume and cfg.train.overwrite:
+            errs.append("give --resume (continue the run) or --overwrite (replace it), not both")
     if hasattr(cfg, "encoder") and isinstance(cfg.encoder, EncoderSource):
         e = cfg.encoder
         needs_checkpoint = isinstance(cfg, (EmbedConfig, ExportConfig))

@@ -36,8 +36,10 @@ DEMO_OVERRIDES = [
 
 
 def run_demo(out: str = "runs/demo", device: str = "auto", epochs: int | None = None, log=print) -> dict:
-    """Pretrain on synthetic shapes and report kNN top-1 of the trained and a random encoder."""
-    cfg = apply_overrides(Config(), DEMO_OVERRIDES + [("train.out", out), ("train.device", device)])
+    """Pretrain on synthetic shapes and report kNN top-1 of the trained and a random encoder (an earlier
+    demo in ``out`` is replaced)."""
+    cfg = apply_overrides(Config(), DEMO_OVERRIDES + [("train.out", out), ("train.device", device),
+                                           ("train.overwrite", "true")])
     if epochs is not None:
         cfg.train.epochs = epochs
     log(f"pretraining {cfg.model.arch} (width {cfg.model.width}) on {cfg.data.synthetic_train} synthetic images -> {out}")

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from simclr.checkpoint import load_checkpoint, save_checkpoint
+from simclr.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from simclr.config import Config, apply_overrides
 from simclr.model import SimCLR
 from simclr.train import Interrupted, NonFiniteLoss, Trainer, pretrain
@@ -179,7 +179,7 @@ def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", enospc)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match="No space left on device; the previous file, if any, is kept"):
         save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, tmp_path / "checkpoint.pt")
     monkeypatch.setattr(torch, "save", real_save)
     assert load_checkpoint(tmp_path)["epoch"] == 1

@@ -17,21 +17,28 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from simclr.checkpoint import atomic_write
+from simclr.config import ConfigError, validate
+from simclr.data import DataError
 from simclr.data.augment import SimCLRAugment
+from simclr.data.errors import printable
 from simclr.evaluate.features import extract_features
 from simclr.evaluate.inputs import prepare
 
 __all__ = ["alignment", "uniformity", "effective_rank", "scaled_std", "analyze", "analyze_run", "COLLAPSE_STD",
-           "COLLAPSE_RANK"]
+           "COLLAPSE_RANK", "MIN_IMAGES"]
 
 COLLAPSE_STD = 0.1
 COLLAPSE_RANK = 2.0
+MIN_IMAGES = 10  # fewer points say nothing about rank, spread or uniformity (the floor of analyze.max_images)
+MAX_LEGEND = 20  # classes named in the map's legend; beyond, points are coloured by class index only
 
 
 def alignment(z1: torch.Tensor, z2: torch.Tensor) -> float:
@@ -64,7 +71,11 @@ def scaled_std(x: torch.Tensor) -> float:
 
 def analyze(encoder: nn.Module, head: nn.Module | None, ds, image_size: int, device: torch.device, out: str | Path,
             max_images: int = 2000, seed: int = 0, queries: int = 6, neighbours: int = 7, log=print) -> dict:
-    """Compute the diagnostics on up to ``max_images`` images of ``ds`` and write PNGs + analysis.json."""
+    """Compute the diagnostics on up to ``max_images`` images of ``ds`` (all of them when it has fewer)
+    and write PNGs + analysis.json. Fewer than ``MIN_IMAGES`` images are refused (DataError): a handful
+    of points has no meaningful rank, spread or uniformity."""
+    if len(ds) < MIN_IMAGES:
+        raise DataError(f"the analysis needs at least {MIN_IMAGES} images, the data has {len(ds)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     encoder = encoder.to(device).eval()
@@ -94,7 +105,8 @@ def analyze(encoder: nn.Module, head: nn.Module | None, ds, image_size: int, dev
     _plot_map(h, labels, ds.classes, out / "map.png", seed)
     _plot_neighbours(h, ds, idx, out / "neighbours.png", queries, neighbours, g)
     res["plots"] = [str(out / "map.png"), str(out / "neighbours.png")]
-    (out / "analysis.json").write_text(json.dumps(res, indent=2) + "\n")
+    text = json.dumps(res, indent=2) + "\n"  # ASCII: undecodable file-name bytes become \udcXX escapes
+    atomic_write(out / "analysis.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     verdict = "COLLAPSED" if res["collapsed"] else "healthy"
     log(f"alignment {res['alignment']:.3f}  uniformity {res['uniformity']:.3f}  eff. rank h {res['effective_rank_h']:.1f}/{res['dim_h']}"
         f"  scaled std h {res['scaled_std_h']:.3f}  -> {verdict}")
@@ -116,17 +128,30 @@ def _plot_map(h: torch.Tensor, labels: torch.Tensor, classes: list[str], path: P
         title = "t-SNE of h"
     fig, ax = plt.subplots(figsize=(6, 5.5))
     lab = labels.numpy()
-    if (lab >= 0).all() and classes:
+    if (lab >= 0).all() and classes and len(classes) <= MAX_LEGEND:
         for c in range(len(classes)):
             m = lab == c
-            ax.scatter(xy[m, 0], xy[m, 1], s=4, label=classes[c])
+            ax.scatter(xy[m, 0], xy[m, 1], s=4, label=_label(classes[c]))
         ax.legend(markerscale=3, fontsize=7, loc="best")
+    elif (lab >= 0).all() and classes:  # too many classes to name: colour by class index
+        ax.scatter(xy[:, 0], xy[:, 1], s=4, c=lab, cmap="nipy_spectral")
     else:
         ax.scatter(xy[:, 0], xy[:, 1], s=4)
     ax.set(title=title, xticks=[], yticks=[])
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
+
+
+def _label(text: str) -> str:
+    """A class or file name as plot text: printable (undecodable bytes as \\xNN) and literal (a '$'
+    would otherwise start matplotlib's mathtext, which fails on most names)."""
+    return printable(text).replace("$", r"\$")
+
+
+def _save(fig, path: Path) -> None:
+    """Save a figure atomically as PNG (a failure keeps the previous picture, if any)."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
 
 
 def _plot_neighbours(h: torch.Tensor, ds, idx: torch.Tensor, path: Path, queries: int, k: int, g) -> None:
@@ -147,15 +172,33 @@ def _plot_neighbours(h: torch.Tensor, ds, idx: torch.Tensor, path: Path, queries
             ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
             ax.axis("off")
             if ds.has_labels:
-                ax.set_title(("query: " if c == 0 else "") + ds.classes[int(ds.labels[idx[row[c]]])], fontsize=6)
+                ax.set_title(("query: " if c == 0 else "") + _label(ds.classes[int(ds.labels[idx[row[c]]])]), fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
 
 
 def analyze_run(cfg, log=print) -> dict:
     """``simclr analyze`` from a ``simclr.config.AnalyzeConfig``: the diagnostics of data.path into eval.out."""
-    inp = prepare(cfg)
+    validate(cfg)
+    _refuse_out_in_data(cfg.eval.out, cfg.data.path)
+    inp = prepare(cfg, out=lambda run: cfg.eval.out, out_kind="dir", log=log)
+    if len(inp.data) < MIN_IMAGES:
+        raise DataError(f"the analysis needs at least {MIN_IMAGES} images, {printable(cfg.data.path)} has {len(inp.data)}")
     head = inp.run.head if inp.run is not None else None
-    return analyze(inp.encoder, head, inp.data, inp.image_size, inp.device, cfg.eval.out, max_images=cfg.analyze.max_images,
+    return analyze(inp.encoder, head, inp.data, inp.image_size, inp.device, inp.out, max_images=cfg.analyze.max_images,
                    seed=cfg.eval.seed, log=log)
+
+
+def _refuse_out_in_data(out: str, data: str) -> None:
+    """The pictures analyze writes would become images of an image folder they were written into."""
+    d = Path(data)
+    try:
+        if not d.is_dir():
+            return
+        o, d = Path(os.path.realpath(out)), Path(os.path.realpath(d))
+    except (OSError, ValueError):
+        return
+    if o == d or d in o.parents:
+        raise ConfigError(f"--out {printable(out)} is inside the data folder {printable(data)}: the plots written there would "
+                          f"be read as images next time; choose a folder outside it")

@@ -3,12 +3,38 @@ probes, fine-tuning's test pass, embeddings and the analysis."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
+from simclr.config import ConfigError
 from simclr.data.augment import center_resize
 
-__all__ = ["extract_features"]
+__all__ = ["extract_features", "out_of_memory_as_error"]
+
+MAX_BATCH_BYTES = 1 << 28  # float32 input views per batch (256 MiB): 445 images of 224px, 1 of 4096px
+
+
+@contextlib.contextmanager
+def out_of_memory_as_error(what: str):
+    """Turn running out of memory (CUDA's OutOfMemoryError, the CPU allocator's RuntimeError) into a
+    one-line ConfigError that says what to lower."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise ConfigError(f"out of memory {what}; lower --batch-size or --image-size") from None
+    except RuntimeError as e:
+        if "can't allocate memory" not in str(e):
+            raise
+        raise ConfigError(f"out of memory {what}; lower --batch-size or --image-size") from None
+
+
+def _batches(indices: torch.Tensor, batch_size: int, image_size: int):
+    """``indices`` in batches of ``batch_size``, fewer when the batch's float32 views would pass
+    ``MAX_BATCH_BYTES`` (eval-mode outputs do not depend on the batch)."""
+    per_image = 3 * image_size * image_size * 4
+    return indices.split(max(1, min(batch_size, MAX_BATCH_BYTES // per_image)))
 
 
 @torch.no_grad()
@@ -35,7 +61,7 @@ def extract_features(
         head: when given, also ``head(h)``; the result is then the pair (h, z).
         indices: which images (default: all), as a 1-D int64 tensor.
         augment: a ``SimCLRAugment`` to draw random views instead of centre views (with ``generator``).
-        progress: show a progress bar.
+        progress: show a progress bar (on a terminal only).
 
     Returns:
         float32 (len(indices), D) on the CPU, or (h, z) with ``head``. Train/eval modes are restored.
@@ -49,15 +75,17 @@ def extract_features(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(idx_all), desc="features", unit="img", dynamic_ncols=True, leave=False)
+        # disable=None: no bar when stderr is not a terminal (a log file keeps only the messages)
+        bar = tqdm(total=len(idx_all), desc="features", unit="img", dynamic_ncols=True, leave=False, disable=None)
     hs, zs = [], []
     try:
-        for idx in idx_all.split(batch_size):
-            x = ds.get(idx).to(device, non_blocking=True)
-            x = augment(x, generator) if augment is not None else center_resize(x, image_size)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            h = net(x)
+        for idx in _batches(idx_all, batch_size, image_size):
+            with out_of_memory_as_error(f"computing features of {len(idx)} images of {image_size}px on {device}"):
+                x = ds.get(idx).to(device, non_blocking=True)
+                x = augment(x, generator) if augment is not None else center_resize(x, image_size)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                h = net(x)
             hs.append(h.float().cpu())
             if head is not None:
                 zs.append(head(h).float().cpu())

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from simclr.checkpoint import atomic_write
+from simclr.config import ConfigError, validate
 from simclr.evaluate.features import extract_features
 from simclr.evaluate.inputs import prepare, write_result
 from simclr.evaluate.knn import topk_accuracy
@@ -21,7 +23,7 @@ from simclr.evaluate.linear import train_classifier
 from simclr.optim import scaled_lr
 from simclr.runtime import seeded
 
-__all__ = ["balanced_subset", "Classifier", "finetune", "finetune_evaluate"]
+__all__ = ["balanced_subset", "Classifier", "finetune", "finetune_evaluate", "write_labels"]
 
 
 def balanced_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
@@ -75,16 +77,18 @@ def finetune(
     out: str | Path | None = None,
     log=print,
 ) -> dict:
-    """Fine-tune ``model`` on a balanced ``label_fraction`` of ``train``; top-1/top-5 on ``test``."""
+    """Fine-tune ``model`` on a balanced ``label_fraction`` of ``train``; top-1/top-5 on ``test``.
+
+    With ``out``, the chosen images are listed in OUT/finetune_labels.txt once the run succeeded (see
+    ``write_labels``). The batch is cut to the labelled subset's size; BatchNorm trains on batch
+    statistics, so a batch of one image is refused (ConfigError)."""
     subset = balanced_subset(train.labels, label_fraction, seed)
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        names = train.names("train")
-        (out / "finetune_labels.txt").write_text("".join(f"{names[i]}\t{int(train.labels[i])}\n" for i in subset.tolist()))
     data = train.subset(subset)
     n = len(data)
     bs = min(batch_size, n)
+    if bs < 2:
+        raise ConfigError(f"fine-tuning trains BatchNorm layers on batch statistics and needs batches of at least 2 images, "
+                          f"got {bs} (--batch-size {batch_size}, {n} labelled images)")
     model = model.to(device).to(memory_format=torch.channels_last)
     lr = scaled_lr(base_lr, bs, "linear")
     model.train()
@@ -93,25 +97,55 @@ def finetune(
     logits = extract_features(model, test, image_size, device, bs)
     res = topk_accuracy(logits, test.labels)
     res.update(label_fraction=label_fraction, num_labelled=n, epochs=epochs, batch_size=bs, lr=lr)
+    if out is not None:
+        names = train.names("train")
+        write_labels(Path(out) / "finetune_labels.txt", [(names[i], int(train.labels[i])) for i in subset.tolist()])
     return res
+
+
+def write_labels(path: str | Path, rows: list[tuple[str, int]]) -> None:
+    """One ``path<TAB>label`` line per image, written atomically.
+
+    File names are written as their original bytes (UTF-8 with ``surrogateescape``: a name that is not
+    valid UTF-8 comes back byte for byte when the file is read with the same error handler); a name
+    holding a tab, a line break or a double quote is quoted as in CSV (Python's ``csv`` "excel-tab"
+    dialect reads every line back)."""
+    import csv
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
+            w = csv.writer(f, dialect="excel-tab", lineterminator="\n")
+            w.writerows(rows)
+
+    atomic_write(path, write)
 
 
 def finetune_evaluate(cfg, log=print) -> dict:
     """``simclr finetune`` from a ``simclr.config.FinetuneConfig``: results and the chosen label list go to
     eval.out (default RUN/finetune-FRACTION, or runs/finetune-random-FRACTION for a random encoder)."""
-    inp = prepare(cfg, labelled=True, with_test=True)
     ft, ev = cfg.finetune, cfg.eval
+
+    def output(run: Path | None) -> Path:
+        if ev.out:
+            return Path(ev.out)
+        return run / f"finetune-{ft.label_fraction:g}" if run else Path(f"runs/finetune-random-{ft.label_fraction:g}")
+
+    validate(cfg)  # bad values are reported before the batch rule below
+    if ev.batch_size < 2:
+        raise ConfigError(f"fine-tuning trains BatchNorm layers on batch statistics and needs --batch-size 2 or more, "
+                          f"got {ev.batch_size}")
+    inp = prepare(cfg, labelled=True, with_test=True, out=output, log=log)
     head = None
     if ft.from_head_layer:
         head = inp.run.head
+        if not head.layers:
+            raise ConfigError("finetune.from_head_layer needs a projection head, and this checkpoint has none "
+                              "(head.num_layers 0); use --from-head-layer 0")
         if not ft.from_head_layer <= len(head.layers):
-            from simclr.config import ConfigError
-
             raise ConfigError(f"finetune.from_head_layer must be in 1..{len(head.layers)} for this checkpoint")
     with seeded(ev.seed):  # the classifier's initialisation
         model = Classifier(inp.encoder, len(inp.data.classes), head, ft.from_head_layer)
-    folder = inp.run_folder / f"finetune-{ft.label_fraction:g}" if inp.run_folder else Path(f"runs/finetune-random-{ft.label_fraction:g}")
-    out = Path(ev.out) if ev.out else folder
+    out = inp.out
     res = finetune(model, inp.data, inp.test, inp.image_size, inp.device, ft.label_fraction, epochs=ft.epochs,
                    batch_size=ev.batch_size, base_lr=ft.lr, seed=ev.seed, out=out, log=log)
     res.update(encoder=inp.name, from_head_layer=ft.from_head_layer, image_size=inp.image_size)

@@ -14,6 +14,8 @@ from simclr.evaluate.inputs import prepare, write_result
 
 __all__ = ["knn_predict", "knn_accuracy", "topk_accuracy", "knn_evaluate"]
 
+_EXP_SAFE = 80.0  # exp(x) stays finite in float32 up to about 88
+
 
 def knn_predict(
     query: torch.Tensor,
@@ -33,7 +35,9 @@ def knn_predict(
         exclude_self: query i is bank row i (leave-one-out on the training set).
 
     Returns:
-        (Q, num_classes) scores; argmax is the prediction.
+        (Q, num_classes) scores; argmax is the prediction. With a temperature so small that exp(cos / T)
+        overflows, each query's weights are divided by its largest, exp((cos - max cos) / T): the same
+        ranking, finite scores.
     """
     if query.shape[1] != bank.shape[1]:
         raise ValueError(f"query and bank dims differ: {query.shape[1]} vs {bank.shape[1]}")
@@ -47,7 +51,10 @@ def knn_predict(
             rows = torch.arange(sim.shape[0])
             sim[rows, rows + start] = -float("inf")
         top, idx = sim.topk(k, dim=1)
-        w = (top / temperature).exp()
+        logits = top / temperature
+        if logits.numel() and logits.max() > _EXP_SAFE:  # exp would overflow to inf: scale each query's weights
+            logits = logits - logits[:, :1]
+        w = logits.exp()
         scores = torch.zeros(sim.shape[0], num_classes, dtype=w.dtype)
         scores.scatter_add_(1, bank_labels[idx], w)
         out.append(scores)
@@ -84,13 +91,14 @@ def knn_accuracy(
 def knn_evaluate(cfg, log=print) -> dict:
     """``simclr knn``: kNN top-1/top-5 of a pretrained encoder or, with ``encoder.random_init``, of a seeded
     random one (the baseline), from a ``simclr.config.KnnConfig``. Writes knn.json into eval.out, or
-    into the run folder when evaluating a checkpoint."""
-    inp = prepare(cfg, labelled=True, with_test=True)
+    into the run folder when evaluating a checkpoint (checked before any work). A k larger than the
+    training set uses every training image (``k_used``)."""
+    inp = prepare(cfg, labelled=True, with_test=True, out=lambda run: cfg.eval.out or run, log=log)
     bs = cfg.eval.batch_size
     ftr = extract_features(inp.encoder, inp.data, inp.image_size, inp.device, bs)
     fte = extract_features(inp.encoder, inp.test, inp.image_size, inp.device, bs)
     res = knn_accuracy(ftr, inp.data.labels, fte, inp.test.labels, len(inp.data.classes), cfg.knn.k, cfg.knn.temperature)
-    res.update(k=cfg.knn.k, temperature=cfg.knn.temperature, num_train=len(inp.data), num_test=len(inp.test),
-               image_size=inp.image_size, encoder=inp.name)
-    write_result(cfg.eval.out or inp.run_folder, "knn", res)
+    res.update(k=cfg.knn.k, k_used=min(cfg.knn.k, len(inp.data)), temperature=cfg.knn.temperature, num_train=len(inp.data),
+               num_test=len(inp.test), image_size=inp.image_size, encoder=inp.name)
+    write_result(inp.out, "knn", res)
     return res

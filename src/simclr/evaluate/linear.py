@@ -10,13 +10,16 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from simclr.data import DataError
 from simclr.data.augment import SimCLRAugment
-from simclr.evaluate.features import extract_features
+from simclr.evaluate.features import extract_features, out_of_memory_as_error
 from simclr.evaluate.inputs import prepare, write_result
 from simclr.evaluate.knn import topk_accuracy
 from simclr.optim import scaled_lr, set_lr, warmup_cosine
@@ -36,7 +39,7 @@ def train_classifier(logits_fn, params: list, data, image_size: int, device: tor
     schedule per step from ``lr`` to 0, cross-entropy on random crop + flip views of ``data``.
 
     ``logits_fn(x)`` maps views (B, 3, S, S) (channels_last) to logits; ``params`` are what it trains.
-    Deterministic for ``seed`` on CPU (data order and crops).
+    Deterministic for ``seed`` on CPU (data order and crops). A NaN/inf loss stops with FloatingPointError.
     """
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
@@ -50,24 +53,30 @@ def train_classifier(logits_fn, params: list, data, image_size: int, device: tor
         for s in range(steps_per_epoch):
             idx = order[s * batch_size : (s + 1) * batch_size]
             set_lr(opt, warmup_cosine(step, total, 0, lr))
-            x = aug(data.get(idx).to(device), gen if device.type == "cpu" else None)
-            loss = F.cross_entropy(logits_fn(x.contiguous(memory_format=torch.channels_last)), data.labels[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            with out_of_memory_as_error(f"training on batches of {len(idx)} images of {image_size}px on {device}"):
+                x = aug(data.get(idx).to(device), gen if device.type == "cpu" else None)
+                loss = F.cross_entropy(logits_fn(x.contiguous(memory_format=torch.channels_last)), data.labels[idx].to(device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
             opt.step()
-            run += loss.item()
+            value = loss.item()
+            if not math.isfinite(value):
+                raise FloatingPointError(f"{name}: the loss became {value} at epoch {epoch + 1}, step {s + 1}; "
+                                         f"lower the learning rate (--lr)")
+            run += value
             step += 1
         log(f"{name} epoch {epoch + 1}/{epochs}: loss {run / steps_per_epoch:.4f}")
 
 
 def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (train, val) with ``val_fraction`` of every class in val (at least one per class)."""
+    """Indices (train, val) with ``val_fraction`` of every class in val: at least one image of each
+    class with two or more, and never all of them (a class of one image stays in train only)."""
     g = torch.Generator().manual_seed(seed)
     tr, va = [], []
     for c in torch.unique(labels).tolist():
         idx = torch.nonzero(labels == c).squeeze(1)
         idx = idx[torch.randperm(len(idx), generator=g)]
-        n_val = max(1, int(round(val_fraction * len(idx)))) if len(idx) > 1 else 0
+        n_val = min(len(idx) - 1, max(1, int(round(val_fraction * len(idx)))))
         va.append(idx[:n_val])
         tr.append(idx[n_val:])
     return torch.cat(tr).sort().values, torch.cat(va).sort().values
@@ -100,31 +109,36 @@ def linear_eval_lbfgs(
     searched 45 values in [1e-6, 1e5]."""
     import warnings
 
+    lambdas = np.logspace(grid_range[0], grid_range[1], num_grid)
+    if len(lambdas) > 1:  # a grid of one needs no validation split
+        tr_idx, va_idx = (i.numpy() for i in stratified_split(train.labels, val_fraction, seed))
+        if len(va_idx) == 0:
+            raise DataError(f"the L-BFGS probe picks its L2 strength on a validation split, but no class of the "
+                            f"training data ({len(train)} images) has two images or more to split; give more images "
+                            f"per class, --linear.grid 1 (no search), or --solver sgd")
     ftr = extract_features(encoder, train, image_size, device, batch_size).double().numpy()
     fte = extract_features(encoder, test, image_size, device, batch_size).double().numpy()
     ytr, yte = train.labels.numpy(), test.labels.numpy()
     # Standardising features keeps L-BFGS well conditioned; it does not change the model class.
     mu, sd = ftr.mean(0), ftr.std(0) + 1e-8
     ftr, fte = (ftr - mu) / sd, (fte - mu) / sd
-    tr_idx, va_idx = stratified_split(train.labels, val_fraction, seed)
-    tr_idx, va_idx = tr_idx.numpy(), va_idx.numpy()
-    lambdas = np.logspace(grid_range[0], grid_range[1], num_grid)
     scores = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ConvergenceWarning at the weakest regularisation is expected
-        for lam in lambdas:
-            clf = _fit_logreg(ftr[tr_idx], ytr[tr_idx], 1.0 / lam, max_iter)
-            scores.append(float((clf.predict(ftr[va_idx]) == ytr[va_idx]).mean()))
-            log(f"lambda {lam:.2e}: val top-1 {scores[-1]:.4f}")
-        best = int(np.argmax(scores))
+        if len(lambdas) > 1:
+            for lam in lambdas:
+                clf = _fit_logreg(ftr[tr_idx], ytr[tr_idx], 1.0 / lam, max_iter)
+                scores.append(float((clf.predict(ftr[va_idx]) == ytr[va_idx]).mean()))
+                log(f"lambda {lam:.2e}: val top-1 {scores[-1]:.4f}")
+        best = int(np.argmax(scores)) if scores else 0
         clf = _fit_logreg(ftr, ytr, 1.0 / lambdas[best], max_iter)
     proba = torch.from_numpy(clf.predict_proba(fte))
     # predict_proba's columns follow clf.classes_; map back to class indices
     scores_full = torch.zeros(len(yte), len(train.classes), dtype=proba.dtype)
     scores_full[:, torch.from_numpy(clf.classes_)] = proba
     res = topk_accuracy(scores_full, test.labels)
-    res.update(solver="lbfgs", l2_lambda=float(lambdas[best]), val_top1=scores[best], grid=[float(v) for v in lambdas],
-               val_scores=scores)
+    res.update(solver="lbfgs", l2_lambda=float(lambdas[best]), val_top1=scores[best] if scores else None,
+               grid=[float(v) for v in lambdas], val_scores=scores)
     return res
 
 
@@ -140,7 +154,10 @@ def linear_eval_sgd(
     seed: int = 0,
     log=print,
 ) -> dict:
-    """SGD linear probe on random crop + flip views of the frozen encoder; returns top-1/top-5."""
+    """SGD linear probe on random crop + flip views of the frozen encoder; returns top-1/top-5.
+
+    A batch larger than the training set is cut to its size (the learning rate follows the batch used)."""
+    batch_size = max(1, min(batch_size, len(train)))
     encoder.eval()
     for p in encoder.parameters():
         p.requires_grad_(False)
@@ -164,7 +181,7 @@ def linear_eval_sgd(
 
 def linear_evaluate(cfg, log=print) -> dict:
     """``simclr linear`` from a ``simclr.config.LinearConfig``; writes linear.json into eval.out or the run folder."""
-    inp = prepare(cfg, labelled=True, with_test=True)
+    inp = prepare(cfg, labelled=True, with_test=True, out=lambda run: cfg.eval.out or run, log=log)
     lin, ev = cfg.linear, cfg.eval
     if lin.solver == "lbfgs":
         res = linear_eval_lbfgs(inp.encoder, inp.data, inp.test, inp.image_size, inp.device, num_grid=lin.grid,
@@ -173,5 +190,5 @@ def linear_evaluate(cfg, log=print) -> dict:
         res = linear_eval_sgd(inp.encoder, inp.data, inp.test, inp.image_size, inp.device, epochs=lin.epochs,
                               batch_size=ev.batch_size, base_lr=lin.lr, seed=ev.seed, log=log)
     res.update(encoder=inp.name, image_size=inp.image_size, num_train=len(inp.data), num_test=len(inp.test))
-    write_result(ev.out or inp.run_folder, "linear", res)
+    write_result(inp.out, "linear", res)
     return res

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from simclr.checkpoint import CheckpointError
 from simclr.config import Config, default_image_size, resolve, validate
 from simclr.data import ImageSet, load_dataset
 from simclr.runtime import pick_device
 from simclr.train.distributed import DistEnv, init_distributed, shutdown
+from simclr.train.run_folder import RunFolder
 from simclr.train.trainer import Trainer
 
 __all__ = ["pretrain", "load_training_data"]
@@ -17,8 +17,9 @@ __all__ = ["pretrain", "load_training_data"]
 def pretrain(cfg: Config, log=print) -> Path:
     """Run SimCLR pretraining as configured; returns the run folder.
 
-    Validates, loads the data, resolves the auto keys from the image size, then trains (resuming
-    from RUN/checkpoint.pt with ``train.resume``). Under torchrun every process calls this.
+    Validates, takes the run folder (``RunFolder.acquire``: locked, and changed only with ``train.resume``
+    or ``train.overwrite``), loads the data, resolves the auto keys from the image size, then trains
+    (continuing from the saved state with ``train.resume``). Under torchrun every process calls this.
     """
     validate(cfg)
     env = init_distributed(pick_device(cfg.train.device).type, cfg.train.dist_timeout)
@@ -45,12 +46,21 @@ def load_training_data(cfg: Config) -> tuple[Config, ImageSet, ImageSet | None]:
 
 
 def _pretrain(cfg: Config, env: DistEnv, log) -> Path:
-    cfg, train, val = load_training_data(cfg)
-    trainer = Trainer(cfg, train, val, log, env)
-    if cfg.train.resume:
-        if not trainer.folder.checkpoint.is_file():
-            raise CheckpointError(f"--resume given but {trainer.folder.checkpoint} does not exist")
-        trainer.load_state_dict(trainer.folder.load(map_location=trainer.device))
-        trainer.log(f"resumed from {trainer.folder.checkpoint} at epoch {trainer.epoch}")
-    trainer.fit()
+    # The run folder first: a folder that is taken, holds another run or cannot be written fails in one
+    # line before any data is read.
+    folder = RunFolder(cfg.train.out, is_main=env.is_main)
+    resume = folder.acquire(resume=cfg.train.resume, overwrite=cfg.train.overwrite)
+    try:
+        cfg, train, val = load_training_data(cfg)
+        trainer = Trainer(cfg, train, val, log, env, folder=folder)
+        if resume:
+            trainer.load_state_dict(folder.load(map_location=trainer.device))
+            trainer.log(f"resumed from {folder.checkpoint} at epoch {trainer.epoch}")
+        if trainer.epoch >= cfg.train.epochs:
+            trainer.log(f"the run in {folder.path} already has {trainer.epoch} epochs (train.epochs {cfg.train.epochs}); "
+                        "nothing to do (raise --epochs to train longer)")
+        else:
+            trainer.fit()
+    finally:
+        folder.release()
     return Path(cfg.train.out)

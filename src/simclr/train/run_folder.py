@@ -6,25 +6,40 @@
     RUN/encoder.safetensors  the encoder alone, torchvision names
     RUN/checkpoints/         the last K epoch checkpoints (train.keep_checkpoints > 1)
     RUN/bad_files.txt        images that were skipped, with the reason
+    RUN/.lock                who holds the folder (a POSIX lock, released when its process ends)
 
+One process owns a folder at a time (``acquire``); a folder that holds a run is changed only to resume
+it or, when the user says ``--overwrite``, to replace it. Every write is atomic or an append, and a
+write that fails (a full disk, a folder that became read-only) raises RunFolderError with one line.
 Only the main process of a distributed job writes (``is_main``); the others get a folder object whose
 writes do nothing, so the trainer never asks who it is.
 """
 
 from __future__ import annotations
 
+import datetime
+import fcntl
 import json
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 
 import torch
 
-from simclr.checkpoint import load_checkpoint, save_checkpoint, save_encoder
-from simclr.config import save_config
+from simclr.checkpoint import CheckpointError, atomic_write, first_line, load_checkpoint, save_checkpoint, save_encoder
+from simclr.config import config_to_dict
 
-__all__ = ["RunFolder"]
+__all__ = ["RunFolder", "RunFolderError", "RUN_FILES"]
+
+# What a run writes; --overwrite removes exactly these (other files in the folder are the user's).
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "encoder.safetensors", "bad_files.txt", "checkpoints",
+             "knn.json", "linear.json", "demo.json", "metrics.png", "views.png")
+
+
+class RunFolderError(CheckpointError):
+    """The run folder cannot be used: taken by another process, holding another run, or not writable."""
 
 
 class RunFolder:
@@ -33,6 +48,7 @@ class RunFolder:
     def __init__(self, path: str | Path, is_main: bool = True):
         self.path = Path(path)
         self.is_main = is_main
+        self._lock_fd: int | None = None
 
     @property
     def checkpoint(self) -> Path:
@@ -42,22 +58,101 @@ class RunFolder:
     def metrics_path(self) -> Path:
         return self.path / "metrics.jsonl"
 
+    # -- ownership -------------------------------------------------------------------------------
+    def acquire(self, resume: bool, overwrite: bool) -> bool:
+        """Make the folder usable and take it for this process, before any data is read.
+
+        Raises RunFolderError (one line) when the path cannot hold a folder we can write, when another
+        process holds it, or when it holds a run and neither ``resume`` nor ``overwrite`` is given.
+        With ``overwrite`` the previous run's files are removed. Returns True when there is a
+        checkpoint to resume from (``resume`` and RUN/checkpoint.pt or a kept copy exists).
+        """
+        if not self.is_main:
+            return resume and (self.checkpoint.exists() or bool(self._kept()))
+        self._check_writable()
+        self._lock()
+        try:
+            held = [name for name in ("checkpoint.pt", "metrics.jsonl", "config.yaml", "encoder.safetensors") if (self.path / name).exists()]
+            if held and not resume and not overwrite:
+                raise RunFolderError(f"{self.path} already holds a run ({', '.join(held)}); continue it with --resume, "
+                                     "replace it with --overwrite, or choose another --out")
+            if overwrite and not resume:
+                self._remove_run_files()
+            stale = list(self.path.glob(".*.tmp")) + list(self.path.glob("checkpoints/.*.tmp"))
+            for tmp in stale:  # half-written files of a killed save; the files they were to replace are intact
+                tmp.unlink(missing_ok=True)
+            if stale:
+                _notice(f"removed {len(stale)} unfinished temporary file(s) of an interrupted save in {self.path}")
+            found = self.checkpoint.exists() or bool(self._kept())
+            if resume and not found:
+                _notice(f"--resume: {self.path} has no checkpoint yet, so the run starts from the beginning")
+            return resume and found
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the POSIX lock
+            self._lock_fd = None
+
+    def _check_writable(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".write-test-{os.getpid()}.tmp"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise RunFolderError(f"cannot use {_show(self.path)} as a run folder: {e.strerror or first_line(e)}") from None
+
+    def _lock(self) -> None:
+        # A POSIX record lock: per process (forked loader workers do not inherit it) and released by the
+        # kernel when the holder exits, so a folder whose owner was killed is free again at once.
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise RunFolderError(f"{self.path} is in use by {holder}; wait for that run to end or choose another --out") from None
+        stamp = datetime.datetime.now().isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"simclr pid {os.getpid()} on {socket.gethostname()} since {stamp}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _remove_run_files(self) -> None:
+        removed = []
+        for name in RUN_FILES:
+            p = self.path / name
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif p.exists() or p.is_symlink():
+                p.unlink()
+            else:
+                continue
+            removed.append(name)
+        for p in self.path.glob("finetune-*"):
+            if p.is_dir():
+                shutil.rmtree(p)
+                removed.append(p.name)
+        if removed:
+            _notice(f"--overwrite: removed the previous run's {', '.join(removed)} from {self.path}")
+
+    # -- what a run writes ---------------------------------------------------------------------------
     def start(self, cfg, epoch: int) -> None:
-        """Create the folder, write the config and keep only the metrics of epochs up to ``epoch``
-        (the state being resumed; 0 for a new run)."""
+        """Write the config and keep only the metrics of epochs up to ``epoch`` (the state being resumed;
+        0 for a new run)."""
         if not self.is_main:
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        stale = list(self.path.glob(".*.tmp")) + list(self.path.glob("checkpoints/.*.tmp"))
-        for tmp in stale:  # half-written files of a killed save; the files they were meant to replace are intact
-            tmp.unlink(missing_ok=True)
-        if stale:
-            print(f"notice: removed {len(stale)} unfinished temporary file(s) of an interrupted save in {self.path}", file=sys.stderr)
-        save_config(cfg, self.path / "config.yaml")
+        import yaml
+
+        text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+        atomic_write(self.path / "config.yaml", lambda tmp: Path(tmp).write_text(text))
         kept = [r for r in self.metrics() if r.get("epoch", 0) <= epoch]
         if kept or self.metrics_path.exists():
-            text = "".join(json.dumps(r) + "\n" for r in kept)
-            self.metrics_path.write_text(text)
+            lines = "".join(json.dumps(r) + "\n" for r in kept)
+            atomic_write(self.metrics_path, lambda tmp: Path(tmp).write_text(lines))
 
     def metrics(self) -> list[dict]:
         """The records of metrics.jsonl; a torn or foreign line (a kill during an append) is dropped with a notice."""
@@ -77,20 +172,26 @@ class RunFolder:
             else:
                 torn += 1
         if torn and self.is_main:
-            print(f"notice: dropped {torn} unreadable line(s) of {self.metrics_path} (an interrupted write)", file=sys.stderr)
+            _notice(f"dropped {torn} unreadable line(s) of {self.metrics_path} (an interrupted write)")
         return records
 
     def append_metrics(self, rec: dict) -> None:
-        if self.is_main:
+        if not self.is_main:
+            return
+        line = json.dumps(rec, allow_nan=False) + "\n"
+        try:
             with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(rec, allow_nan=False) + "\n")
+                f.write(line)
+                f.flush()
+        except OSError as e:
+            raise RunFolderError(f"cannot write {self.metrics_path}: {e.strerror or first_line(e)}") from None
 
     def write_bad_files(self, bad: list[tuple[str, str]]) -> None:
         """RUN/bad_files.txt: one ``path<TAB>reason`` line per skipped image (names as the filesystem gives them)."""
         if not self.is_main or not bad:
             return
         lines = b"".join(os.fsencode(p) + b"\t" + why.encode("utf-8", "backslashreplace") + b"\n" for p, why in bad)
-        (self.path / "bad_files.txt").write_bytes(lines)
+        atomic_write(self.path / "bad_files.txt", lambda tmp: Path(tmp).write_bytes(lines))
 
     def save(self, state: dict, encoder: torch.nn.Module, meta: dict[str, str], keep: int = 1, epoch_end: bool = True) -> None:
         """Write the training state and the encoder; at an epoch end with ``keep`` > 1 also keep this
@@ -101,17 +202,49 @@ class RunFolder:
         if epoch_end and keep > 1:
             # Earlier epochs stay as hard links (no copy) in RUN/checkpoints/, the last K of them.
             folder = self.path / "checkpoints"
-            folder.mkdir(exist_ok=True)
             target = folder / f"epoch_{int(state['epoch']):04d}.pt"
-            target.unlink(missing_ok=True)
             try:
-                os.link(self.checkpoint, target)
-            except OSError:
-                shutil.copy2(self.checkpoint, target)
-            for old in sorted(folder.glob("epoch_*.pt"))[:-keep]:
-                old.unlink()
+                folder.mkdir(exist_ok=True)
+                target.unlink(missing_ok=True)
+                try:
+                    os.link(self.checkpoint, target)
+                except OSError:
+                    atomic_write(target, lambda tmp: shutil.copy2(self.checkpoint, tmp))
+                for old in self._kept()[keep:]:
+                    old.unlink()
+            except OSError as e:
+                raise RunFolderError(f"cannot keep {target}: {e.strerror or first_line(e)}") from None
         save_encoder(encoder, self.path / "encoder.safetensors", meta)
 
+    def _kept(self) -> list[Path]:
+        """The kept epoch checkpoints, newest first."""
+        return sorted((self.path / "checkpoints").glob("epoch_*.pt"), reverse=True)
+
     def load(self, map_location) -> dict:
-        """The saved training state."""
-        return load_checkpoint(self.checkpoint, map_location=map_location)
+        """The saved training state: RUN/checkpoint.pt or, when that is damaged or missing, the newest
+        intact kept copy (with a notice)."""
+        candidates = ([self.checkpoint] if self.checkpoint.exists() else []) + self._kept()
+        if not candidates:
+            raise RunFolderError(f"{self.path} has no checkpoint to resume from")
+        first_error = None
+        for path in candidates:
+            try:
+                state = load_checkpoint(path, map_location=map_location)
+                if not {"model", "optimizer", "epoch", "step"} <= state.keys():
+                    raise CheckpointError(f"{path} is not a pretraining checkpoint")
+            except CheckpointError as e:
+                first_error = first_error or e
+                continue
+            if path != candidates[0]:
+                _notice(f"{first_error}; resuming from the newest intact copy, {path} (epoch {state['epoch']})")
+            return state
+        raise RunFolderError(f"{first_error}; no intact copy is kept (train.keep_checkpoints); start again with --overwrite")
+
+
+def _show(path: Path) -> str:
+    text = os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= 160 else text[:80] + "..." + text[-40:]
+
+
+def _notice(text: str) -> None:
+    print(f"notice: {text}", file=sys.stderr)

@@ -31,7 +31,7 @@ from simclr.train.monitor import KnnMonitor
 from simclr.train.run_folder import RunFolder
 from simclr.train.step import cached_backward, plain_backward
 
-__all__ = ["Trainer", "NonFiniteLoss", "Interrupted", "StepStats"]
+__all__ = ["Trainer", "NonFiniteLoss", "Interrupted", "StepStats", "resume_conflicts"]
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -92,12 +92,14 @@ class Trainer:
         dist_env: this process's place in a torchrun job (default: a single process). With several
             processes the global batch ``train.batch_size`` is split evenly across them, BatchNorm
             statistics and NT-Xent negatives cover the global batch, and only rank 0 writes files.
-        model: the SimCLR module to train (default: ``SimCLR.from_config(cfg)``); pass a subclass to
-            change a piece of the method.
+        model: the SimCLR module to train (default: ``SimCLR.from_config(cfg)`` under ``train.seed``); pass a
+            subclass to change a piece of the method (its initialisation is then the caller's).
+        folder: the run folder (default: ``RunFolder(train.out)``); ``simclr.train.pretrain`` passes one it has
+            acquired (locked and checked).
     """
 
     def __init__(self, cfg: Config, train: ImageSet, val: ImageSet | None = None, log=print,
-                 dist_env: DistEnv | None = None, model: SimCLR | None = None):
+                 dist_env: DistEnv | None = None, model: SimCLR | None = None, folder: RunFolder | None = None):
         t, o = cfg.train, cfg.optim
         self.cfg, self.train_set = cfg, train
         self.env = env = dist_env or DistEnv()
@@ -114,7 +116,7 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(t.threads)
         torch.manual_seed(t.seed)
-        self.folder = RunFolder(t.out, is_main=env.is_main)
+        self.folder = folder if folder is not None else RunFolder(t.out, is_main=env.is_main)
         self.num_classes = len(train.classes) if (train.has_labels and cfg.monitor.online_linear) else 0
         self.model = model if model is not None else SimCLR.from_config(cfg, self.num_classes)
         if env.distributed:
@@ -146,6 +148,7 @@ class Trainer:
         self.stats: StepStats | None = None  # the running epoch's sums (saved mid-epoch on a signal)
         self._signal: int | None = None
         self._saved_epoch = 0
+        self._saved_at = time.monotonic()
 
     def _backward_path(self):
         """The plain step (DDP-wrapped and compiled as configured), or the gradient-cached one."""
@@ -190,13 +193,21 @@ class Trainer:
 
     def _any_rank(self, flag: bool) -> bool:
         """True when ``flag`` holds on any rank (every rank must take the same branch)."""
+        return self._agree(flag)[0]
+
+    def _agree(self, *flags: bool) -> list[bool]:
+        """Each flag OR-ed over all ranks, in one collective (every rank must take the same branch)."""
         if not self.env.distributed:
-            return flag
+            return list(flags)
         import torch.distributed as dist
 
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        t = torch.tensor([1.0 if f else 0.0 for f in flags], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item() > 0)
+        return [bool(v > 0) for v in t.tolist()]
+
+    def _checkpoint_due(self) -> bool:
+        minutes = self.cfg.train.checkpoint_minutes
+        return bool(minutes) and time.monotonic() - self._saved_at >= 60 * minutes
 
     def _skip_or_stop(self, out: dict) -> dict:
         self.optimizer.zero_grad(set_to_none=True)
@@ -224,16 +235,20 @@ class Trainer:
             "partial": self.stats.state() if (self.stats is not None and self.stats.n) else {},
             "num_classes": self.num_classes,
             "classes": list(self.train_set.classes),
+            "num_images": len(self.train_set),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        saved = state.get("config", {}).get("model", {})
-        mine = config_to_dict(self.cfg)["model"]
-        for key in ("arch", "width", "cifar_stem"):
-            if saved.get(key) != mine.get(key):
-                raise CheckpointError(
-                    f"the checkpoint was trained with model.{key}={saved.get(key)!r}, this run has {mine.get(key)!r}; "
-                    "resume with the same model settings or start a new --out folder")
+        """Continue from a saved state; refuses (CheckpointError, one line) a state this run cannot continue
+        exactly: other settings than the run's own, or other training data."""
+        conflicts = resume_conflicts(state.get("config", {}), config_to_dict(self.cfg))
+        saved_n = state.get("num_images")
+        if saved_n is not None and int(saved_n) != len(self.train_set):
+            conflicts.insert(0, f"the run trained on {saved_n} images, {self.cfg.data.path} now has {len(self.train_set)}")
+        if conflicts:
+            more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+            raise CheckpointError(f"cannot resume {self.folder.path}: {conflicts[0]}{more}; resume with the run's own settings "
+                                  f"({self.folder.path / 'config.yaml'}), or start a new run with --overwrite or another --out")
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -243,6 +258,10 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self._saved_epoch = self.epoch
+        saved_epochs = int(state.get("config", {}).get("train", {}).get("epochs", self.cfg.train.epochs))
+        if saved_epochs != self.cfg.train.epochs and self.epoch < self.cfg.train.epochs:
+            self.log(f"notice: train.epochs changed from {saved_epochs} to {self.cfg.train.epochs}: the learning-rate "
+                     "schedule follows the new length from here on")
         self.skipped = int(state.get("skipped", 0))
         partial = state.get("partial") or {}
         self.stats = StepStats.from_state(partial, self.device) if partial else None
@@ -259,7 +278,7 @@ class Trainer:
         meta = {"arch": m.arch, "width": str(m.width), "cifar_stem": str(m.cifar_stem),
                 "image_size": str(self.cfg.data.image_size), "epoch": str(self.epoch)}
         self.folder.save(state, self.model.encoder, meta, self.cfg.train.keep_checkpoints, epoch_end)
-        self._saved_epoch = self.epoch
+        self._saved_epoch, self._saved_at = self.epoch, time.monotonic()
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self) -> list[dict]:
@@ -269,6 +288,7 @@ class Trainer:
         ``Interrupted``; a second SIGINT aborts at once.
         """
         self.folder.start(self.cfg, self.epoch)
+        self._saved_at = time.monotonic()
         self.folder.write_bad_files(self.train_set.bad)
         if self.train_set.bad:
             print(f"warning: skipped {len(self.train_set.bad)} unreadable image file(s); they are listed in "
@@ -299,8 +319,10 @@ class Trainer:
             out = self.train_step(x, y)
             self.stats.add(out)
             steps += 1
-            if self._any_rank(self._signal is not None):
+            stop, due = self._agree(self._signal is not None, self._checkpoint_due())
+            if stop or due:  # the exact position, mid-epoch: a signal, or train.checkpoint_minutes elapsed
                 self.save(epoch_end=False)
+            if stop:
                 self._stopped(epoch)
             if len(self.train_set.bad) > known_bad:  # streamed files that broke during the epoch
                 known_bad = len(self.train_set.bad)
@@ -346,6 +368,31 @@ class Trainer:
         signum = self._signal or signal.SIGTERM
         raise Interrupted(signum, f"interrupted by {signal.Signals(signum).name} at epoch {epoch + 1}, step {self.step}; "
                                   f"checkpoint saved in {self.folder.path}; continue with --resume")
+
+
+# Keys that may differ when a run is resumed: where it runs and how it reports, not what it computes.
+RESUMABLE_CHANGES = {
+    "train": {"epochs", "resume", "overwrite", "out", "device", "progress", "threads", "keep_checkpoints", "checkpoint_every",
+              "checkpoint_minutes", "dist_timeout", "compile"},
+    "data": {"path", "data_dir", "val_path", "num_workers", "strict"},
+    "monitor": {"knn_every", "knn_k", "knn_temperature", "knn_max_images"},
+}
+
+
+def resume_conflicts(saved: dict, current: dict) -> list[str]:
+    """The settings of ``current`` (a config dict) that differ from the run's ``saved`` ones and would change
+    what the resumed run computes, as readable lines."""
+    out = []
+    for section, keys in current.items():
+        for name, value in keys.items():
+            if name in RESUMABLE_CHANGES.get(section, ()) or name not in saved.get(section, {}):
+                continue
+            before = saved[section][name]
+            if isinstance(value, (list, tuple)):
+                value, before = list(value), list(before) if isinstance(before, (list, tuple)) else before
+            if before != value:
+                out.append(f"{section}.{name} was {before!r}, this command has {value!r}")
+    return out
 
 
 def _nonfinite(tensors: dict, prefix: str = "") -> list[str]:
