@@ -59,3 +59,15 @@ def simclr_model(num_classes: int = 0, **keys):
     flat = {"model.arch": "resnet18", "model.width": 0.125, "model.cifar_stem": True, "head.out_dim": 32, "loss.temperature": 0.5}
     flat.update({k.replace("_", ".", 1): v for k, v in keys.items()})
     return SimCLR.from_config(config_from_flat(flat, Config()), num_classes)
+
+
+def tiny_config(out, **keys):
+    """A pretraining config of seconds: 64 synthetic 16 px images, ResNet-18 width 0.125, batch 16 (4 steps an
+    epoch), 3 epochs, no kNN monitor; ``keys`` are dotted keys with '.' written as '__' (``train__epochs=2``)."""
+    from simclr.config import Config, config_from_flat
+
+    flat = {"data.path": "synthetic", "data.synthetic_train": 64, "data.image_size": 16, "model.arch": "resnet18",
+            "model.width": 0.125, "train.batch_size": 16, "train.epochs": 3, "train.device": "cpu", "train.progress": False,
+            "train.out": str(out), "monitor.knn_every": 0}
+    flat.update({k.replace("__", "."): v for k, v in keys.items()})
+    return config_from_flat(flat, Config())

@@ -133,7 +133,12 @@ def _version() -> str:
 
 def _command_config(command: str, args: argparse.Namespace, rest: list[str]):
     """The command's typed config: defaults <- --config FILE <- short flags <- --section.key VALUE."""
-    from simclr.config import COMMAND_CONFIGS, apply_overrides, config_from_flat, load_config
+    from simclr.config import (
+        COMMAND_CONFIGS,
+        apply_overrides,
+        config_from_flat,
+        load_config,
+    )
 
     cls = COMMAND_CONFIGS[command]
     cfg = load_config(args.config, cls=cls) if args.config else cls()

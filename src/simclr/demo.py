@@ -12,9 +12,15 @@ from pathlib import Path
 
 import torch
 
-from simclr.data.augment import SimCLRAugment
-from simclr.config import Config, KnnConfig, apply_overrides, config_from_flat, load_config
+from simclr.config import (
+    Config,
+    KnnConfig,
+    apply_overrides,
+    config_from_flat,
+    load_config,
+)
 from simclr.data import synthetic_images
+from simclr.data.augment import SimCLRAugment
 from simclr.evaluate.knn import knn_evaluate
 from simclr.plots import plot_metrics, plot_view_pairs
 from simclr.train import pretrain

@@ -14,6 +14,7 @@ neither the weight decay nor the trust ratio. The schedule is a pure function of
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import nn
 

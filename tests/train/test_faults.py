@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,8 +13,8 @@ import time
 import pytest
 import torch
 
+from conftest import tiny_config
 from simclr.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from simclr.config import Config, apply_overrides
 from simclr.model import SimCLR
 from simclr.train import Interrupted, NonFiniteLoss, Trainer, pretrain
 from simclr.train.pretrain import load_training_data
@@ -60,7 +61,8 @@ def test_sigterm_saves_exact_position_and_resume_matches(tmp_path):
 
 @pytest.mark.slow
 def test_five_kill9_then_resume_is_byte_identical(tmp_path):
-    """Issue 5, check 2: five SIGKILLs at random moments of an 8-epoch run, each followed by --resume."""
+    """Issue 5, check 2 and issue 9, check 4: five SIGKILLs at random moments of an 8-epoch run, from the first
+    second on (before the first checkpoint too), each followed by the same command with --resume."""
     args = [*TINY, "--epochs", "8"]
     ref = tmp_path / "ref"
     t0 = time.time()
@@ -70,26 +72,23 @@ def test_five_kill9_then_resume_is_byte_identical(tmp_path):
     rng = random.Random(1234)
     kills = 0
     while kills < 5:
-        resume = ["--resume"] if (run / "checkpoint.pt").exists() else []
-        p = _cli([*args, "--out", str(run), *resume])
-        time.sleep(rng.uniform(0.15, 0.6) * duration)
+        p = _cli([*args, "--out", str(run), "--resume"])
+        time.sleep(rng.uniform(0.3 if kills == 0 else 1.0, max(1.5, 0.8 * duration)))
         if p.poll() is not None:  # finished before the kill: start over in a fresh folder
             assert p.returncode == 0, p.stderr.read()
+            shutil.rmtree(run)
             continue
         p.kill()
         p.wait()
         kills += 1
-    _finish([*args, "--out", str(run)] + (["--resume"] if (run / "checkpoint.pt").exists() else []))
+    _finish([*args, "--out", str(run), "--resume"])
     assert (run / "encoder.safetensors").read_bytes() == (ref / "encoder.safetensors").read_bytes()
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == list(range(1, 9))
     assert not list(run.glob(".*.tmp"))
 
 
 def _cfg(out, **extra):
-    pairs = [("data.path", "synthetic"), ("data.synthetic_train", "64"), ("data.image_size", "16"), ("model.arch", "resnet18"),
-             ("model.width", "0.125"), ("train.batch_size", "16"), ("train.epochs", "3"), ("train.device", "cpu"),
-             ("train.progress", "false"), ("train.out", str(out)), ("monitor.knn_every", "0")]
-    return apply_overrides(Config(), pairs + [(k, str(v)) for k, v in extra.items()])
+    return tiny_config(out, **{k.replace(".", "__"): v for k, v in extra.items()})
 
 
 class PoisonedSimCLR(SimCLR):

@@ -11,9 +11,9 @@ import time
 import pytest
 import torch
 
-from simclr.checkpoint import load_checkpoint, save_checkpoint
+from simclr.checkpoint import load_checkpoint
+from conftest import tiny_config
 from simclr.cli import main
-from simclr.config import Config, apply_overrides
 from simclr.model import SimCLR
 from simclr.train import NonFiniteLoss, Trainer
 from simclr.train.pretrain import load_training_data
@@ -130,10 +130,7 @@ def test_a_new_run_never_silently_replaces_an_old_one(tmp_path, capsys):
 
 
 def _cfg(out, **extra):
-    pairs = [("data.path", "synthetic"), ("data.synthetic_train", "64"), ("data.image_size", "16"), ("model.arch", "resnet18"),
-             ("model.width", "0.125"), ("train.batch_size", "16"), ("train.epochs", "2"), ("train.device", "cpu"),
-             ("train.progress", "false"), ("train.out", str(out)), ("monitor.knn_every", "0")]
-    return apply_overrides(Config(), pairs + [(k, str(v)) for k, v in extra.items()])
+    return tiny_config(out, **{"train__epochs": 2, **{k.replace(".", "__"): v for k, v in extra.items()}})
 
 
 def test_non_finite_weights_are_never_checkpointed(tmp_path):

@@ -3,7 +3,12 @@ the SimCLR module that joins them (``simclr``)."""
 
 from simclr.model.head import ProjectionHead
 from simclr.model.losses import contrastive_logits, nt_xent, nt_xent_with_accuracy
-from simclr.model.resnet import ARCHITECTURES, ResNet, build_encoder, resnet_from_state_dict
+from simclr.model.resnet import (
+           ARCHITECTURES,
+           ResNet,
+           build_encoder,
+           resnet_from_state_dict,
+)
 from simclr.model.simclr import SimCLR
 
 __all__ = ["ARCHITECTURES", "ProjectionHead", "ResNet", "SimCLR", "build_encoder", "contrastive_logits", "nt_xent",

@@ -28,7 +28,14 @@ from pathlib import Path
 
 import torch
 
-from simclr.checkpoint import CheckpointError, atomic_write, first_line, load_checkpoint, save_checkpoint, save_encoder
+from simclr.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    first_line,
+    load_checkpoint,
+    save_checkpoint,
+    save_encoder,
+)
 from simclr.config import config_to_dict
 
 __all__ = ["RunFolder", "RunFolderError", "RUN_FILES"]

@@ -19,14 +19,25 @@ from dataclasses import dataclass
 
 import torch
 
-from simclr.data.augment import SimCLRAugment
 from simclr.checkpoint import CheckpointError
 from simclr.config import Config, ConfigError, config_to_dict
 from simclr.data import Batches, ImageSet
+from simclr.data.augment import SimCLRAugment
 from simclr.model.simclr import SimCLR
-from simclr.optim import build_optimizer, scaled_lr, set_lr, warmup_cosine, warmup_steps_for
+from simclr.optim import (
+    build_optimizer,
+    scaled_lr,
+    set_lr,
+    warmup_cosine,
+    warmup_steps_for,
+)
 from simclr.runtime import autocast_for, pick_device, step_generator
-from simclr.train.distributed import DistEnv, all_reduce_mean, convert_global_bn, gather_with_grad
+from simclr.train.distributed import (
+    DistEnv,
+    all_reduce_mean,
+    convert_global_bn,
+    gather_with_grad,
+)
 from simclr.train.monitor import KnnMonitor
 from simclr.train.run_folder import RunFolder
 from simclr.train.step import cached_backward, plain_backward
