@@ -86,3 +86,18 @@ def test_trainer_uses_chunks(tmp_path):
     pretrain(cfg, log=lambda *_: None)
     rec = json.loads((tmp_path / "metrics.jsonl").read_text())
     assert rec["loss"] > 0 and "online_acc" in rec
+
+
+def test_loss_scale_is_applied_once():
+    """fp16's GradScaler multiplies the loss by S: every gradient of the cached step (encoder, head and online
+    probe) must come out S times larger, not S**2 (the cached projection gradients already carry S)."""
+    g = torch.Generator().manual_seed(1)
+    x1, x2 = torch.rand(8, 3, 16, 16, generator=g, dtype=torch.float64), torch.rand(8, 3, 16, 16, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 5, (8,), generator=g)
+    a = simclr_model(loss_temperature=0.2, num_classes=5).double()
+    b = copy.deepcopy(a)
+    cached_backward(a, x1, x2, y, 4)
+    cached_backward(b, x1, x2, y, 4, scale=lambda t: t * 8.0)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        if pa.grad is not None:
+            torch.testing.assert_close(pb.grad, 8.0 * pa.grad, rtol=1e-9, atol=1e-12, msg=name)
