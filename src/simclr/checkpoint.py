@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 __all__ = ["CheckpointError", "Pretrained", "atomic_write", "save_checkpoint", "load_checkpoint", "save_encoder", "load_encoder",
-           "find_checkpoint", "load_run"]
+           "find_checkpoint", "load_run", "nonfinite_tensors"]
 
 
 class CheckpointError(ValueError):
@@ -118,6 +118,25 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def nonfinite_tensors(tensors: Any, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors of a (nested) state dict that hold NaN or inf (one host sync)."""
+    flat: list[tuple[str, torch.Tensor]] = []
+
+    def walk(obj, name):
+        if isinstance(obj, torch.Tensor):
+            if obj.is_floating_point():
+                flat.append((name, obj))
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, f"{name}.{k}" if name else str(k))
+
+    walk(tensors, "")
+    if not flat:
+        return []
+    ok = torch.stack([torch.isfinite(t).all() for _, t in flat]).cpu()
+    return [prefix + name for (name, _), good in zip(flat, ok.tolist()) if not good]
+
+
 def save_encoder(encoder: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """Write the encoder's state_dict (torchvision names) as safetensors.
 
@@ -176,7 +195,7 @@ def load_run(run: str | Path) -> Pretrained:
             module.load_state_dict(part)
         except RuntimeError as e:
             raise CheckpointError(f"{run}: {name} weights do not fit {meta['arch']}: {str(e).splitlines()[0]}") from None
-        bad = [k for k, v in part.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        bad = nonfinite_tensors(part)
         if bad:
             raise CheckpointError(f"{run}: the {name} holds non-finite weights ({bad[0]}); the run diverged")
     return Pretrained(encoder.eval(), head.eval(), meta["image_size"], meta, cfg, path)

@@ -358,3 +358,78 @@ def test_run_folder_refuses_a_second_owner_in_process(tmp_path):
     b.acquire(resume=False, overwrite=False)
     b.release()
     assert RunFolderError.__mro__[1].__name__ == "CheckpointError"  # the CLI reports it as one line
+
+
+# -- found by the sweep after the first fixes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("setup,msg", [
+    ("checkpoints_file", "is in the way"),         # a file where RUN/checkpoints/ must go: found before training
+    ("checkpoint_loop", "is in the way"),          # checkpoint.pt a symlink loop: not "no checkpoint yet"
+    ("metrics_only", "whose checkpoint.pt is missing"),  # the checkpoint was removed: not a silent restart
+])
+def test_folders_that_cannot_be_resumed_as_they_are(tmp_path, capsys, setup, msg):
+    run = tmp_path / "run"
+    run.mkdir()
+    if setup == "checkpoints_file":
+        (run / "checkpoints").write_text("mine")
+        args = ["--train.keep_checkpoints", "2"]
+    elif setup == "checkpoint_loop":
+        assert main(["pretrain", *TINY, "--epochs", "1", "--out", str(run)]) == 0
+        (run / "checkpoint.pt").unlink()
+        os.symlink(run / "checkpoint.pt", run / "checkpoint.pt")
+        args = ["--resume"]
+    else:
+        assert main(["pretrain", *TINY, "--epochs", "1", "--out", str(run)]) == 0
+        (run / "checkpoint.pt").unlink()
+        args = ["--resume"]
+    before = _snapshot(run) if setup != "checkpoint_loop" else None
+    capsys.readouterr()
+    assert main(["pretrain", *TINY, "--epochs", "2", "--out", str(run), *args]) == 2
+    assert msg in _one_line_error(capsys)
+    if before is not None:
+        assert _snapshot(run) == before
+
+
+def test_users_kept_checkpoints_count_as_a_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "epoch_0001.pt").write_text("mine")
+    assert main(["pretrain", *TINY, "--epochs", "1", "--out", str(run), "--train.keep_checkpoints", "2"]) == 2
+    assert "already holds a run" in _one_line_error(capsys)
+    assert (run / "checkpoints" / "epoch_0001.pt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("where", ["model", "optimizer"])
+def test_a_non_finite_checkpoint_is_not_resumed(tmp_path, capsys, where):
+    run = tmp_path / "run"
+    assert main(["pretrain", *TINY, "--epochs", "1", "--out", str(run)]) == 0
+    state = load_checkpoint(run)
+    if where == "model":
+        next(v for v in state["model"].values() if v.is_floating_point()).fill_(float("nan"))
+    else:
+        next(iter(state["optimizer"]["state"].values()))["momentum_buffer"].fill_(float("inf"))
+    from simclr.checkpoint import save_checkpoint
+
+    save_checkpoint(state, run / "checkpoint.pt")
+    capsys.readouterr()
+    assert main(["pretrain", *TINY, "--epochs", "2", "--out", str(run), "--resume"]) == 2
+    assert "holds non-finite values" in _one_line_error(capsys)
+
+
+def test_the_filesystem_root_is_not_a_run_folder(capsys):
+    assert main(["pretrain", "--data", "synthetic", "--out", "/"]) == 2
+    assert "filesystem root" in _one_line_error(capsys)
+
+
+def test_broken_links_and_folders_named_like_images_are_listed(tmp_path):
+    from conftest import write_folder
+    from simclr.data import load_folder
+
+    data = write_folder(tmp_path / "data", per_class=4, size=(12, 12))
+    os.symlink(tmp_path / "nowhere.png", data / "a" / "dangling.png")
+    os.symlink(data / "a" / "loop.png", data / "a" / "loop.png")
+    (data / "b" / "dir.png").mkdir()
+    ds = load_folder(data)
+    assert sorted(os.path.basename(p) for p, _ in ds.bad) == ["dangling.png", "dir.png", "loop.png"]
+    assert len(ds) == 8

@@ -40,7 +40,10 @@ def list_images(root: str | Path, max_per_class: int = 0) -> tuple[list[str], li
 
     def images_in(folder: Path, recursive: bool) -> list[Path]:
         it = folder.rglob("*") if recursive else folder.iterdir()
-        return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+        # Broken links, link loops and folders named like images are kept: the header check lists them as bad
+        # files instead of leaving them out without a word.
+        return sorted(p for p in it if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+                      and (p.is_file() or p.is_symlink() or (recursive and p.is_dir())))
 
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     paths: list[str] = []

@@ -49,7 +49,7 @@ def _pretrain(cfg: Config, env: DistEnv, log) -> Path:
     # The run folder first: a folder that is taken, holds another run or cannot be written fails in one
     # line before any data is read.
     folder = RunFolder(cfg.train.out, is_main=env.is_main)
-    resume = folder.acquire(resume=cfg.train.resume, overwrite=cfg.train.overwrite)
+    resume = folder.acquire(resume=cfg.train.resume, overwrite=cfg.train.overwrite, checkpoint_every=cfg.train.checkpoint_every)
     try:
         cfg, train, val = load_training_data(cfg)
         trainer = Trainer(cfg, train, val, log, env, folder=folder)

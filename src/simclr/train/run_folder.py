@@ -33,6 +33,7 @@ from simclr.checkpoint import (
     atomic_write,
     first_line,
     load_checkpoint,
+    nonfinite_tensors,
     save_checkpoint,
     save_encoder,
 )
@@ -66,7 +67,7 @@ class RunFolder:
         return self.path / "metrics.jsonl"
 
     # -- ownership -------------------------------------------------------------------------------
-    def acquire(self, resume: bool, overwrite: bool) -> bool:
+    def acquire(self, resume: bool, overwrite: bool, checkpoint_every: int = 1) -> bool:
         """Make the folder usable and take it for this process, before any data is read.
 
         Raises RunFolderError (one line) when the path cannot hold a folder we can write, when another
@@ -75,11 +76,15 @@ class RunFolder:
         checkpoint to resume from (``resume`` and RUN/checkpoint.pt or a kept copy exists).
         """
         if not self.is_main:
-            return resume and (self.checkpoint.exists() or bool(self._kept()))
+            return resume and (os.path.lexists(self.checkpoint) or bool(self._kept()))
+        if self.path.resolve() == Path(self.path.resolve().anchor):
+            raise RunFolderError(f"refusing to use the filesystem root {self.path} as a run folder; choose a folder for the run")
         self._check_writable()
         self._lock()
         try:
-            held = [name for name in ("checkpoint.pt", "metrics.jsonl", "config.yaml", "encoder.safetensors") if (self.path / name).exists()]
+            self._check_file_kinds()
+            held = [name for name in ("checkpoint.pt", "metrics.jsonl", "config.yaml", "encoder.safetensors")
+                    if os.path.lexists(self.path / name)] + (["checkpoints/"] if self._kept() else [])
             if held and not resume and not overwrite:
                 raise RunFolderError(f"{self.path} already holds a run ({', '.join(held)}); continue it with --resume, "
                                      "replace it with --overwrite, or choose another --out")
@@ -90,8 +95,14 @@ class RunFolder:
                 tmp.unlink(missing_ok=True)
             if stale:
                 _notice(f"removed {len(stale)} unfinished temporary file(s) of an interrupted save in {self.path}")
-            found = self.checkpoint.exists() or bool(self._kept())
+            found = os.path.lexists(self.checkpoint) or bool(self._kept())
             if resume and not found:
+                # A kill between an epoch's metrics line and its checkpoint leaves one such line; more, or the
+                # encoder written after every checkpoint, mean a checkpoint existed and was removed.
+                done = max([r["epoch"] for r in self.metrics()], default=0)
+                if done > checkpoint_every or (self.path / "encoder.safetensors").exists():
+                    raise RunFolderError(f"{self.path} holds a run of {done} epoch(s) whose {self.checkpoint.name} is missing; "
+                                         "restore it, or start the run again with --overwrite")
                 _notice(f"--resume: {self.path} has no checkpoint yet, so the run starts from the beginning")
             return resume and found
         except BaseException:
@@ -111,6 +122,18 @@ class RunFolder:
             probe.unlink()
         except OSError as e:
             raise RunFolderError(f"cannot use {_show(self.path)} as a run folder: {e.strerror or first_line(e)}") from None
+
+    def _check_file_kinds(self) -> None:
+        """The run's files, where they exist, must be what the run will write: regular files and one folder."""
+        for name in RUN_FILES:
+            p = self.path / name
+            if not os.path.lexists(p):
+                continue
+            want_dir = name == "checkpoints"
+            ok = p.is_dir() if want_dir else p.is_file()
+            if not ok:
+                kind = "folder" if want_dir else "regular file"
+                raise RunFolderError(f"{_show(p)} is in the way: the run needs a {kind} there; move it or choose another --out")
 
     def _lock(self) -> None:
         # A POSIX record lock: per process (forked loader workers do not inherit it) and released by the
@@ -230,15 +253,14 @@ class RunFolder:
     def load(self, map_location) -> dict:
         """The saved training state: RUN/checkpoint.pt or, when that is damaged or missing, the newest
         intact kept copy (with a notice)."""
-        candidates = ([self.checkpoint] if self.checkpoint.exists() else []) + self._kept()
+        candidates = ([self.checkpoint] if os.path.lexists(self.checkpoint) else []) + self._kept()
         if not candidates:
             raise RunFolderError(f"{self.path} has no checkpoint to resume from")
         first_error = None
         for path in candidates:
             try:
                 state = load_checkpoint(path, map_location=map_location)
-                if not {"model", "optimizer", "epoch", "step"} <= state.keys():
-                    raise CheckpointError(f"{path} is not a pretraining checkpoint")
+                _check_state(state, path)
             except CheckpointError as e:
                 first_error = first_error or e
                 continue
@@ -246,6 +268,21 @@ class RunFolder:
                 _notice(f"{first_error}; resuming from the newest intact copy, {path} (epoch {state['epoch']})")
             return state
         raise RunFolderError(f"{first_error}; no intact copy is kept (train.keep_checkpoints); start again with --overwrite")
+
+
+def _check_state(state: dict, path: Path) -> None:
+    """A training state this run can continue from: its parts present, its counters sane, every tensor finite."""
+    if not {"model", "optimizer", "epoch", "step"} <= state.keys() or not isinstance(state["model"], dict):
+        raise CheckpointError(f"{path} is not a pretraining checkpoint")
+    try:
+        epoch, step = int(state["epoch"]), int(state["step"])
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{path} holds no valid epoch and step") from None
+    if epoch < 0 or step < epoch:
+        raise CheckpointError(f"{path} holds an impossible position (epoch {epoch}, step {step})")
+    bad = nonfinite_tensors(state["model"]) + nonfinite_tensors(state["optimizer"].get("state", {}), "optimizer state ")
+    if bad:
+        raise CheckpointError(f"{path} holds non-finite values ({bad[0]}); it cannot be continued")
 
 
 def _show(path: Path) -> str:

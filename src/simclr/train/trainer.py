@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from simclr.checkpoint import CheckpointError
+from simclr.checkpoint import CheckpointError, nonfinite_tensors
 from simclr.config import Config, ConfigError, config_to_dict
 from simclr.data import Batches, ImageSet
 from simclr.data.augment import SimCLRAugment
@@ -280,7 +280,7 @@ class Trainer:
     def save(self, epoch_end: bool = True) -> None:
         """Checkpoint the exact position (and the encoder); refuses to overwrite good weights with non-finite ones."""
         state = self.state_dict()
-        bad = _nonfinite(state["model"]) + _nonfinite(state["optimizer"]["state"], "optimizer state ")
+        bad = nonfinite_tensors(state["model"]) + nonfinite_tensors(state["optimizer"]["state"], "optimizer state ")
         if bad:
             raise NonFiniteLoss(f"{len(bad)} tensor(s) became non-finite (e.g. {bad[0]}) by step {self.step}; stopped, and "
                                 f"the last good checkpoint (epoch {self._saved_epoch}) is kept. Lower optim.base_lr or use "
@@ -326,6 +326,7 @@ class Trainer:
             self.stats = StepStats.zeros(self.device)
         bar = _progress(self.steps_per_epoch, start_step, f"epoch {epoch + 1}/{t.epochs}", t.progress and self.env.is_main)
         start, steps, known_bad = time.perf_counter(), 0, len(self.train_set.bad)
+        bad_at_start = known_bad
         for x, y, _ in self.batches.epoch(epoch, start_step):
             out = self.train_step(x, y)
             self.stats.add(out)
@@ -342,6 +343,10 @@ class Trainer:
                 bar.update(1)
                 if self.step % 10 == 0:
                     bar.set_postfix(loss=f"{out['contrastive_loss'].item():.3f}", lr=f"{out['lr'].item():.3g}")
+        new_bad = len(self.train_set.bad) - bad_at_start
+        if new_bad and self.env.is_main:
+            print(f"warning: {new_bad} image file(s) could not be read during epoch {epoch + 1} and were replaced; they are "
+                  f"listed in {self.folder.path / 'bad_files.txt'}", file=sys.stderr)
         rec = self._epoch_record(epoch, steps, time.perf_counter() - start)
         if bar is not None:
             bar.close()
@@ -404,25 +409,6 @@ def resume_conflicts(saved: dict, current: dict) -> list[str]:
             if before != value:
                 out.append(f"{section}.{name} was {before!r}, this command has {value!r}")
     return out
-
-
-def _nonfinite(tensors: dict, prefix: str = "") -> list[str]:
-    """Names of the floating-point tensors of a (nested) state dict holding NaN or inf (one host sync)."""
-    flat = []
-
-    def walk(obj, name):
-        if isinstance(obj, torch.Tensor):
-            if obj.is_floating_point():
-                flat.append((name, obj))
-        elif isinstance(obj, dict):
-            for k, v in obj.items():
-                walk(v, f"{name}.{k}" if name else str(k))
-
-    walk(tensors, "")
-    if not flat:
-        return []
-    ok = torch.stack([torch.isfinite(t).all() for _, t in flat]).cpu()
-    return [prefix + name for (name, _), good in zip(flat, ok.tolist()) if not good]
 
 
 def _progress(total: int, done: int, desc: str, enabled: bool):
