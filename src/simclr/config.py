@@ -553,6 +553,8 @@ def load_yaml(path: str | Path) -> Any:
         return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         raise ConfigError(f"{p} is not valid YAML: {str(e).splitlines()[0][:200]}") from None
+    except RecursionError:
+        raise ConfigError(f"{p} nests its values too deeply to be a config") from None
 
 
 def load_config(path: str | Path, base=None, cls=Config):

@@ -448,3 +448,17 @@ def test_from_head_layer_without_a_head(tiny_run, imgs, tmp_path, capsys):
                "--device", "cpu", "--from-head-layer", "1", "--out", str(tmp_path / "o")])
     one_line_error(capsys, rc, "has none")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("name", ["notes.txt", "photo.png"])
+def test_export_never_replaces_a_users_file(tiny_run, tmp_path, capsys, name):
+    from simclr.cli import main as cli_main
+
+    target = tmp_path / name
+    target.write_bytes(b"precious")
+    assert cli_main(["export", "--checkpoint", str(tiny_run), "--format", "safetensors", "--out", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert "not a safetensors export" in err and len(err.strip().splitlines()) == 1
+    assert target.read_bytes() == b"precious"
+    assert cli_main(["export", "--checkpoint", str(tiny_run), "--format", "safetensors", "--out", str(tmp_path / "e.safetensors")]) == 0
+    assert cli_main(["export", "--checkpoint", str(tiny_run), "--format", "safetensors", "--out", str(tmp_path / "e.safetensors")]) == 0

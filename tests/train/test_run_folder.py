@@ -433,3 +433,33 @@ def test_broken_links_and_folders_named_like_images_are_listed(tmp_path):
     ds = load_folder(data)
     assert sorted(os.path.basename(p) for p, _ in ds.bad) == ["dangling.png", "dir.png", "loop.png"]
     assert len(ds) == 8
+
+
+def test_lock_file_that_is_a_link_is_not_written_through(tmp_path, capsys):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("precious user data")
+    run = tmp_path / "run"
+    run.mkdir()
+    os.symlink(precious, run / ".lock")
+    assert main(["pretrain", *TINY, "--epochs", "1", "--out", str(run)]) == 2
+    assert "lock file" in _one_line_error(capsys)
+    assert precious.read_text() == "precious user data"
+
+
+def test_checkpoint_with_a_foreign_config_is_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["pretrain", *TINY, "--epochs", "1", "--out", str(run)]) == 0
+    state = load_checkpoint(run)
+    state["config"] = "not a config"
+    from simclr.checkpoint import save_checkpoint
+
+    save_checkpoint(state, run / "checkpoint.pt")
+    capsys.readouterr()
+    assert main(["pretrain", *TINY, "--epochs", "2", "--out", str(run), "--resume"]) == 2
+    assert "not a pretraining checkpoint" in _one_line_error(capsys)
+
+
+def test_deeply_nested_yaml_is_one_line(tmp_path, capsys):
+    (tmp_path / "deep.yaml").write_text("[" * 5000 + "]" * 5000)
+    assert main(["pretrain", "--data", "synthetic", "--config", str(tmp_path / "deep.yaml"), "--out", str(tmp_path / "r")]) == 2
+    assert "nests its values too deeply" in _one_line_error(capsys)

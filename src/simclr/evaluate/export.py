@@ -105,7 +105,7 @@ def export(cfg, log=print) -> Path:
     if cfg.export.format == "onnx":
         require_onnx()
     ckpt = find_checkpoint(cfg.encoder.checkpoint)
-    why = protected_reason(cfg.eval.out, ckpt)
+    why = protected_reason(cfg.eval.out, ckpt, cfg.export.format)
     if why:
         raise ConfigError(f"refusing to write the export over {printable(cfg.eval.out)}: {why}; choose another --out")
     inp = prepare(cfg, load_data=False, out=lambda run: cfg.eval.out, out_kind="file")
@@ -126,7 +126,11 @@ def require_onnx() -> None:
 RUN_RECORDS = ("checkpoint.pt", "encoder.safetensors", "config.yaml", "metrics.jsonl")
 
 
-def protected_reason(out: str | Path, checkpoint: str | Path) -> str | None:
+# An existing file is replaced only when its name says it is an export of that format (an earlier export).
+EXPORT_SUFFIXES = {"safetensors": (".safetensors",), "torchvision": (".pth", ".pt"), "onnx": (".onnx",)}
+
+
+def protected_reason(out: str | Path, checkpoint: str | Path, fmt: str | None = None) -> str | None:
     """Why ``out`` must not receive an export (None when it may). The rule, checked on the path as given
     and on what it links to:
 
@@ -135,7 +139,9 @@ def protected_reason(out: str | Path, checkpoint: str | Path) -> str | None:
     - it is named like a training checkpoint, existing or not: ``checkpoint.pt``, or a ``.pt`` file in a
       folder named ``checkpoints`` (where runs keep their epoch checkpoints);
     - it is an existing file that holds a training state: torch loads it (``weights_only``, memory-mapped,
-      no tensor data read) as a dict with ``model`` and ``config`` entries, as every simclr checkpoint.
+      no tensor data read) as a dict with ``model`` and ``config`` entries, as every simclr checkpoint;
+    - with ``fmt``: it is an existing file whose suffix is not one of that format's (``EXPORT_SUFFIXES``),
+      so a user's image, text or other file is never replaced by an export.
     """
     p = Path(out)
     ckpt = Path(checkpoint)
@@ -163,6 +169,9 @@ def protected_reason(out: str | Path, checkpoint: str | Path) -> str | None:
             continue
     if _is_training_state(p):
         return "it holds a training checkpoint"
+    if fmt is not None and p.is_file() and p.suffix.lower() not in EXPORT_SUFFIXES[fmt]:
+        return (f"it is an existing file that is not a {fmt} export (only a file ending in "
+                f"{' or '.join(EXPORT_SUFFIXES[fmt])} is replaced)")
     return None
 
 

@@ -138,7 +138,11 @@ class RunFolder:
     def _lock(self) -> None:
         # A POSIX record lock: per process (forked loader workers do not inherit it) and released by the
         # kernel when the holder exits, so a folder whose owner was killed is free again at once.
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # O_NOFOLLOW: a .lock that is a link never makes us write into the file it points to
+            fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise RunFolderError(f"cannot use {_show(self.path / '.lock')} as the run's lock file ({e.strerror}); "
+                                 "remove it if it is a link or a folder") from None
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -272,7 +276,9 @@ class RunFolder:
 
 def _check_state(state: dict, path: Path) -> None:
     """A training state this run can continue from: its parts present, its counters sane, every tensor finite."""
-    if not {"model", "optimizer", "epoch", "step"} <= state.keys() or not isinstance(state["model"], dict):
+    if (not {"model", "optimizer", "epoch", "step"} <= state.keys() or not isinstance(state["model"], dict)
+            or not isinstance(state["optimizer"], dict) or not isinstance(state.get("config", {}), dict)
+            or not all(isinstance(v, dict) for v in state.get("config", {}).values())):
         raise CheckpointError(f"{path} is not a pretraining checkpoint")
     try:
         epoch, step = int(state["epoch"]), int(state["step"])
