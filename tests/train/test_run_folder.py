@@ -463,3 +463,22 @@ def test_deeply_nested_yaml_is_one_line(tmp_path, capsys):
     (tmp_path / "deep.yaml").write_text("[" * 5000 + "]" * 5000)
     assert main(["pretrain", "--data", "synthetic", "--config", str(tmp_path / "deep.yaml"), "--out", str(tmp_path / "r")]) == 2
     assert "nests its values too deeply" in _one_line_error(capsys)
+
+
+def test_resume_on_other_images_of_the_same_count_is_refused(tmp_path, capsys):
+    from conftest import write_folder
+
+    a = write_folder(tmp_path / "a", per_class=8, size=(12, 12), seed=0)
+    b = write_folder(tmp_path / "b", per_class=8, size=(12, 12), classes=("a", "c"), seed=1)
+    moved = tmp_path / "moved"
+    import shutil
+
+    shutil.copytree(a, moved)
+    common = ["--arch", "resnet18", "--width", "0.125", "--batch-size", "8", "--device", "cpu", "--train.progress", "false",
+              "--monitor.knn_every", "0"]
+    run = tmp_path / "run"
+    assert main(["pretrain", "--data", str(a), *common, "--epochs", "1", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["pretrain", "--data", str(b), *common, "--epochs", "2", "--out", str(run), "--resume"]) == 2
+    assert "holds other images" in _one_line_error(capsys)
+    assert main(["pretrain", "--data", str(moved), *common, "--epochs", "2", "--out", str(run), "--resume"]) == 0  # moved: fine

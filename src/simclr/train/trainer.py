@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import os
 import signal
 import sys
 import threading
@@ -247,6 +248,7 @@ class Trainer:
             "num_classes": self.num_classes,
             "classes": list(self.train_set.classes),
             "num_images": len(self.train_set),
+            "data_fingerprint": data_fingerprint(self.train_set),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -256,6 +258,8 @@ class Trainer:
         saved_n = state.get("num_images")
         if saved_n is not None and int(saved_n) != len(self.train_set):
             conflicts.insert(0, f"the run trained on {saved_n} images, {self.cfg.data.path} now has {len(self.train_set)}")
+        elif state.get("data_fingerprint") not in (None, data_fingerprint(self.train_set)):
+            conflicts.insert(0, f"{self.cfg.data.path} holds other images (names or labels) than the run trained on")
         if conflicts:
             more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
             raise CheckpointError(f"cannot resume {self.folder.path}: {conflicts[0]}{more}; resume with the run's own settings "
@@ -393,6 +397,19 @@ RESUMABLE_CHANGES = {
     "data": {"path", "data_dir", "val_path", "num_workers", "strict"},
     "monitor": {"knn_every", "knn_k", "knn_temperature", "knn_max_images"},
 }
+
+
+def data_fingerprint(ds: ImageSet) -> str:
+    """A digest of what a dataset is, independent of where it lies: each image's name relative to its class
+    folder (or its index for built-in sets) and its label. A moved data folder keeps it; another one does not."""
+    import hashlib
+
+    h = hashlib.sha256()
+    names = ds.names("") if ds.paths is None else [os.path.join(*os.fsencode(p).split(b"/")[-2:]) for p in ds.paths]
+    for name, label in zip(names, ds.labels.tolist()):
+        h.update(os.fsencode(name) + b"\0" + str(label).encode() + b"\n")
+    h.update(("|".join(ds.classes)).encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
 
 
 def resume_conflicts(saved: dict, current: dict) -> list[str]:
