@@ -251,6 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, CheckpointError, UsageError, FloatingPointError) as e:
         print(f"simclr {args.command}: error: {' '.join(str(e).split())[:2000]}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        from simclr.data.batches import is_worker_failure
+
+        if not is_worker_failure(e):
+            raise
+        # A loader worker died while the main process was busy (PyTorch reports it from a signal handler).
+        print(f"simclr {args.command}: error: a data loading worker failed: {' '.join(str(e).split())[:300]}; "
+              "the last checkpoint is kept", file=sys.stderr)
+        return 2
     except OSError as e:  # a file or folder the command could not use
         where = f" {os.fsdecode(e.filename)!r}" if e.filename else ""
         print(f"simclr {args.command}: error: {e.strerror or type(e).__name__}{where}", file=sys.stderr)

@@ -69,7 +69,7 @@ def test_torchrun_pretrain_and_resume(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("done:") == 1  # only rank 0 reports
     assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "encoder.safetensors", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == ["checkpoint.pt", "config.yaml", "encoder.safetensors", "metrics.jsonl"]
     r = _torchrun([*TINY, "--epochs", "3", "--out", str(out), "--resume"])
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resumed from" in r.stdout and r.stdout.count("resumed from") == 1

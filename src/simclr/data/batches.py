@@ -142,13 +142,14 @@ class Batches:
             pin_memory=torch.cuda.is_available(),
             persistent_workers=False,
         )
-        it = iter(loader)
+        it = None
         try:
+            it = _worker_errors(lambda: iter(loader))  # a worker may die while the iterator starts them
             yield from self._checked(it, len(steps), known)
         finally:
             # Shut the workers down now (also when the consumer stops early or an error is raised),
             # not whenever the garbage collector reaches an iterator kept alive by a traceback.
-            shutdown = getattr(it, "_shutdown_workers", None)  # multi-process iterators only
+            shutdown = getattr(it, "_shutdown_workers", None) if it is not None else None  # multi-process iterators only
             if shutdown is not None:
                 shutdown()
 
@@ -156,14 +157,9 @@ class Batches:
         ds = self.ds
         for _ in range(n_steps):
             try:
-                x, used, failures = next(it)
+                x, used, failures = _worker_errors(lambda: next(it))
             except StopIteration:  # pragma: no cover - the sampler has exactly n_steps batches
                 return
-            except Exception as e:
-                if "DataLoader worker" not in str(e):
-                    raise
-                # A worker killed (out of memory, a signal) or failing outside the decode policy.
-                raise DataError(f"a data loading worker failed: {describe(e)}") from None
             for path, why in failures:
                 if path not in known:
                     known.add(path)
@@ -174,3 +170,19 @@ class Batches:
             if x is None:
                 raise DataError(f"none of the {len(ds.paths)} images of the data set could be decoded")
             yield x, ds.labels[used], used
+
+
+def is_worker_failure(e: BaseException) -> bool:
+    """True for PyTorch's errors about a loader worker that died or failed (raised by ``next``, or by its
+    SIGCHLD handler at any moment while workers run)."""
+    return isinstance(e, RuntimeError) and "DataLoader worker" in str(e)
+
+
+def _worker_errors(call):
+    """``call()``, with a loader worker's death (out of memory, a signal) as a one-line DataError."""
+    try:
+        return call()
+    except RuntimeError as e:
+        if not is_worker_failure(e):
+            raise
+        raise DataError(f"a data loading worker failed: {describe(e)}") from None
