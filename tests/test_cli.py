@@ -197,6 +197,7 @@ def test_more_misuses_exit_2(tmp_path):
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
 
 
+@pytest.mark.slow
 def test_bad_images_are_skipped_and_listed(tmp_path):
     """Issue 5, check 1: one file of each bad kind beside 200 good images."""
     from bad_images import make
@@ -223,6 +224,7 @@ def test_bad_images_are_skipped_and_listed(tmp_path):
     assert unreadable[0] in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_streamed_folder_with_broken_files_trains_at_224(tmp_path):
     """Issue 8, check 4: 120 px JPEGs (streamed, trained at 224 px by a ResNet-18 of width 0.125, the shape that
     crashed oneDNN) with one file truncated after a valid header and one empty file: the run finishes and

@@ -21,6 +21,7 @@ def test_demo_short(tmp_path):
     assert (tmp_path / "demo" / "views.png").stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_throughput_benchmark_runs(tmp_path):
     out = tmp_path / "t.json"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--data", "synthetic", "--width", "0.125",

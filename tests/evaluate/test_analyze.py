@@ -28,7 +28,7 @@ def test_metrics_closed_forms():
 
 def test_analyze_flags_collapse_only(tiny_run, tmp_path, capsys):
     out = tmp_path / "ok"
-    assert main(["analyze", "--checkpoint", str(tiny_run), "--data", "synthetic:test", "--out", str(out), "--json"]) == 0
+    assert main(["analyze", "--checkpoint", str(tiny_run), "--data", "synthetic:test", "--max-images", "300", "--out", str(out), "--json"]) == 0
     ok = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert ok["collapsed"] is False
     for f in ("map.png", "neighbours.png", "analysis.json"):
@@ -41,7 +41,7 @@ def test_analyze_flags_collapse_only(tiny_run, tmp_path, capsys):
     collapsed = tmp_path / "collapsed"
     collapsed.mkdir()
     save_checkpoint(state, collapsed / "checkpoint.pt")
-    assert main(["analyze", "--checkpoint", str(collapsed), "--data", "synthetic:test", "--out", str(tmp_path / "bad"), "--json"]) == 0
+    assert main(["analyze", "--checkpoint", str(collapsed), "--data", "synthetic:test", "--max-images", "300", "--out", str(tmp_path / "bad"), "--json"]) == 0
     bad = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert bad["collapsed"] is True and bad["scaled_std_h"] < 1e-3
     assert math.isfinite(bad["uniformity"])

@@ -34,7 +34,7 @@ def test_classifier_from_head_layer():
 
 def test_finetune_cli(tiny_run, tmp_path, capsys):
     out = tmp_path / "ft"
-    assert main(["finetune", "--checkpoint", str(tiny_run), "--train-data", "synthetic", "--test-data", "synthetic:test",
+    assert main(["finetune", "--checkpoint", str(tiny_run), "--train-data", "synthetic", "--test-data", "synthetic:test", "--data.synthetic_train", "400", "--data.synthetic_test", "200",
                  "--label-fraction", "0.5", "--epochs", "1", "--batch-size", "16", "--from-head-layer", "1", "--out", str(out),
                  "--json"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -45,12 +45,12 @@ def test_finetune_cli(tiny_run, tmp_path, capsys):
     # same seed, same labels
     out2 = tmp_path / "ft2"
     assert main(["finetune", "--random-init", "--arch", "resnet18", "--width", "0.125", "--image-size", "16", "--train-data",
-                 "synthetic", "--test-data", "synthetic:test", "--label-fraction", "0.5", "--epochs", "1", "--out", str(out2)]) == 0
+                 "synthetic", "--test-data", "synthetic:test", "--data.synthetic_train", "400", "--data.synthetic_test", "200", "--label-fraction", "0.5", "--epochs", "1", "--out", str(out2)]) == 0
     assert (out2 / "finetune_labels.txt").read_text() == (out / "finetune_labels.txt").read_text()
 
 
 @pytest.mark.parametrize("extra,msg", [(["--label-fraction", "0"], "label_fraction"), (["--label-fraction", "1.5"], "label_fraction"),
                                         (["--from-head-layer", "9"], "from_head_layer")])
 def test_finetune_misuse(tiny_run, extra, msg, capsys):
-    assert main(["finetune", "--checkpoint", str(tiny_run), "--train-data", "synthetic", "--test-data", "synthetic:test", *extra]) == 2
+    assert main(["finetune", "--checkpoint", str(tiny_run), "--train-data", "synthetic", "--test-data", "synthetic:test", "--data.synthetic_train", "400", "--data.synthetic_test", "200", *extra]) == 2
     assert msg in capsys.readouterr().err

@@ -47,10 +47,10 @@ def test_sgd_learns_separable_data():
 @pytest.mark.slow
 def test_linear_cli(tiny_run, capsys):
     for solver in ("lbfgs", "sgd"):
-        assert main(["linear", "--checkpoint", str(tiny_run), "--train-data", "synthetic", "--test-data", "synthetic:test",
+        assert main(["linear", "--checkpoint", str(tiny_run), "--train-data", "synthetic", "--test-data", "synthetic:test", "--data.synthetic_train", "400", "--data.synthetic_test", "200",
                      "--solver", solver, "--epochs", "1", "--grid", "3", "--json"]) == 0
         res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert 0 <= res["top1"] <= res["top5"] <= 1 and res["solver"] == solver
     assert (tiny_run / "linear.json").is_file()
     assert main(["linear", "--random-init", "--arch", "resnet18", "--width", "0.125", "--image-size", "16", "--train-data",
-                 "synthetic", "--test-data", "synthetic:test", "--solver", "lbfgs", "--grid", "2", "--json"]) == 0
+                 "synthetic", "--test-data", "synthetic:test", "--data.synthetic_train", "400", "--data.synthetic_test", "200", "--solver", "lbfgs", "--grid", "2", "--json"]) == 0

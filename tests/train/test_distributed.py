@@ -31,6 +31,7 @@ def _run_workers(out: Path, n_total: int, world: int) -> None:
         assert p.returncode == 0, err
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(tmp_path):
     """Acceptance check 1 of issue 4: loss (1e-6) and parameters after 3 LARS steps (1e-5), with BatchNorm."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}

@@ -36,6 +36,7 @@ def _finish(args):
     return out
 
 
+@pytest.mark.slow
 def test_sigterm_saves_exact_position_and_resume_matches(tmp_path):
     ref = tmp_path / "ref"
     _finish([*TINY, "--epochs", "3", "--out", str(ref)])

@@ -75,6 +75,7 @@ def test_resume_may_extend_the_run(tmp_path, capsys):
 # -- causes 2 and 3: one owner at a time; a run is replaced only when asked -----------------------------
 
 
+@pytest.mark.slow
 def test_second_run_on_the_same_folder_is_refused_while_the_first_finishes(tmp_path):
     """Issue 9, check 3."""
     run = tmp_path / "run"
@@ -95,6 +96,7 @@ def test_second_run_on_the_same_folder_is_refused_while_the_first_finishes(tmp_p
     assert [r["epoch"] for r in recs] == list(range(1, 41))
 
 
+@pytest.mark.slow
 def test_lock_of_a_killed_owner_is_taken_back(tmp_path):
     run = tmp_path / "run"
     p = _cli([*TINY, "--epochs", "50", "--out", str(run)])
@@ -315,6 +317,7 @@ def test_checkpoint_every_few_minutes_mid_epoch(tmp_path):
 # -- causes 10 and 14: names that are not UTF-8; unusable output paths -----------------------------------
 
 
+@pytest.mark.slow
 def test_non_utf8_bad_file_name_is_listed_as_bytes(tmp_path):
     from conftest import write_folder
 
