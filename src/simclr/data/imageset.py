@@ -59,7 +59,7 @@ class ImageSet:
     def get(self, idx: torch.Tensor) -> torch.Tensor:
         """uint8 (len(idx), 3, side, side) for the given indices.
 
-        A streamed file that cannot be decoded raises BadImageError naming it (see ``without_bad``).
+        A streamed file that cannot be decoded raises BadImageError naming it.
         """
         if self.images is not None:
             return self.images.index_select(0, idx)
@@ -81,11 +81,3 @@ class ImageSet:
             load_size=self.load_size,
             max_pixels=self.max_pixels,
         )
-
-    def without_bad(self) -> "ImageSet":
-        """The images whose files are not listed in ``bad`` (self when none is)."""
-        known = {p for p, _ in self.bad}
-        if self.paths is None or not known.intersection(self.paths):
-            return self
-        keep = [i for i, p in enumerate(self.paths) if p not in known]
-        return self.subset(torch.tensor(keep, dtype=torch.long))

@@ -49,11 +49,6 @@ class EvalInputs:
     def name(self) -> str:
         return str(self.run.path.parent if self.run else "random-init")
 
-    @property
-    def run_folder(self) -> Path | None:
-        """The run folder when the encoder came from one (results are written there by default)."""
-        return self.run.path.parent if self.run else None
-
 
 def random_encoder(arch: str, width: float, image_size: int, seed: int) -> torch.nn.Module:
     """A randomly initialised encoder (the baseline), seeded, with the stem the image size calls for."""

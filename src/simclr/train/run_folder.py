@@ -37,7 +37,7 @@ from simclr.checkpoint import (
     save_checkpoint,
     save_encoder,
 )
-from simclr.config import config_to_dict
+from simclr.config import save_config
 
 __all__ = ["RunFolder", "RunFolderError", "RUN_FILES"]
 
@@ -179,10 +179,7 @@ class RunFolder:
         if not self.is_main:
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        import yaml
-
-        text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
-        atomic_write(self.path / "config.yaml", lambda tmp: Path(tmp).write_text(text))
+        atomic_write(self.path / "config.yaml", lambda tmp: save_config(cfg, tmp))
         kept = [r for r in self.metrics() if r.get("epoch", 0) <= epoch]
         if kept or self.metrics_path.exists():
             lines = "".join(json.dumps(r) + "\n" for r in kept)
