@@ -180,11 +180,13 @@ def load_run(run: str | Path) -> Pretrained:
         cfg = state["config"]
         m, h = cfg["model"], cfg["head"]
         meta = {"arch": m["arch"], "width": float(m["width"]), "cifar_stem": bool(m["cifar_stem"]),
+                "stage1_projection": bool(m.get("stage1_projection", False)),  # absent before the key existed
                 "image_size": int(cfg["data"]["image_size"]), "epoch": int(state["epoch"])}
         weights = state["model"]
         if meta["arch"] not in ARCHITECTURES:
             raise CheckpointError(f"{run}: unknown architecture {meta['arch']!r}")
-        encoder = build_encoder(meta["arch"], width=meta["width"], cifar_stem=meta["cifar_stem"])
+        encoder = build_encoder(meta["arch"], width=meta["width"], cifar_stem=meta["cifar_stem"],
+                                stage1_projection=meta["stage1_projection"])
         head = ProjectionHead(encoder.num_features, num_layers=int(h["num_layers"]), hidden_dim=int(h["hidden_dim"] or 0) or None,
                               out_dim=int(h["out_dim"]), bn=bool(h["bn"]))
     except (KeyError, TypeError, ValueError, AttributeError):

@@ -123,8 +123,9 @@ KNN_TEMPERATURE = 0.1
 
 @dataclass
 class DataConfig:
-    path: str = key("", "image folder (class subfolders or flat), or cifar10 / cifar100 / synthetic[:test]")
-    data_dir: str = key("", "where CIFAR archives are cached or downloaded; empty = $SIMCLR_DATA_DIR or ~/.cache/simclr")
+    path: str = key("", "image folder (class subfolders or flat), or cifar10 / cifar100 / stl10 / synthetic, optionally "
+                                ":test (stl10 also :unlabeled, :train+unlabeled)")
+    data_dir: str = key("", "where CIFAR and STL-10 archives are cached or downloaded; empty = $SIMCLR_DATA_DIR or ~/.cache/simclr")
     val_path: str = key("", "labelled held-out images: the kNN monitor's queries (pretrain), the test set (evaluation)")
     image_size: int | None = key(None, "training/evaluation side in pixels; auto: native side of small images, else 224 "
                                        "(evaluation: the checkpoint's)", lo=1, hi=4096)
@@ -139,9 +140,14 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
+    # official: google-research/simclr's crop sampler (TF sample_distorted_bounding_box), saturation scaled in
+    # HSV, blur with zero padding and one sigma per batch; torchvision: RandomResizedCrop's sampler, saturation
+    # blended with the grayscale image, blur with reflect padding and one sigma per image (docs/faithfulness.md).
+    convention: str = key("official", "official (google-research/simclr) or torchvision: crop sampler, saturation, blur",
+                          choices=("official", "torchvision"))
     crop: bool = key(True, "random resized crop (else the whole image is resized)")
     crop_scale: tuple[float, float] = key((0.08, 1.0), "crop area as a fraction of the image [min, max]", gt=0, hi=1)
-    crop_ratio: tuple[float, float] = key((3 / 4, 4 / 3), "crop aspect ratio w/h [min, max], sampled log-uniformly", gt=0, hi=100)
+    crop_ratio: tuple[float, float] = key((3 / 4, 4 / 3), "crop aspect ratio w/h [min, max]: uniform (official) or log-uniform (torchvision)", gt=0, hi=100)
     flip: bool = key(True, "random horizontal flip")
     flip_p: float = key(0.5, "probability of the flip", lo=0, hi=1)
     color: bool = key(True, "colour distortion (brightness, contrast, saturation, hue in random order)")
@@ -162,6 +168,9 @@ class ModelConfig:
     width: float = key(1.0, "width multiplier of every layer (1, 2, 4, or e.g. 0.25 for small runs)", gt=0, hi=16)
     cifar_stem: bool | None = key(None, "3x3 stride-1 stem without max-pool; auto: true at <=32px")
     zero_init_residual: bool = key(True, "start each residual branch's last BN at zero")
+    # The official ResNet-18/34 give the first block of stage 1 a projection shortcut; torchvision's (and so
+    # exports loading into torchvision) use identity there. Bottleneck ResNets have it either way.
+    stage1_projection: bool = key(False, "projection shortcut in stage 1 of ResNet-18/34 (the official network)")
 
 
 @dataclass
@@ -178,6 +187,10 @@ class LossConfig:
     # best of 0.1/0.2/0.5 on short CIFAR-10 runs here (docs/benchmarks.md); the official README's
     # 1000-epoch CIFAR setting uses 0.5, as configs/cifar10_resnet18.yaml does.
     temperature: float = key(0.1, "tau of NT-Xent", gt=0, hi=1e4)
+    # The official objective (tf2/objective.py) is loss_a + loss_b, twice the paper's L; weight decay and the
+    # BN/bias steps under LARS were tuned with that scale. Metrics report L either way.
+    objective: str = key("official", "what is minimised: official = 2L (sum of both directions' means), paper = L",
+                         choices=("official", "paper"))
 
 
 @dataclass
@@ -260,6 +273,8 @@ class EvalSettings:
     batch_size: int = key(256, "images per batch (feature extraction and training)", lo=1, hi=1 << 24)
     out: str = key("", "output folder (file for export)")
     json: bool = key(False, "end with one JSON line on stdout")
+    crop_fraction: float | None = key(None, "evaluation view: centre square of this fraction of the shorter side; "
+                                            "auto: 0.875 above 32px (official), 1 at <=32px", gt=0, hi=1)
 
 
 @dataclass
@@ -605,6 +620,13 @@ def resolve_augment(a: AugmentConfig, image_size: int) -> AugmentConfig:
     if a.blur_p is None:
         a.blur_p = 0.0 if small else 0.5
     return a
+
+
+def resolve_crop_fraction(fraction: float | None, image_size: int) -> float:
+    """``eval.crop_fraction`` auto: the official 87.5% centre crop, except for small images (no crop)."""
+    if fraction is not None:
+        return float(fraction)
+    return 1.0 if small_images(image_size) else 0.875
 
 
 def resolve_cifar_stem(cifar_stem: bool | None, image_size: int) -> bool:

@@ -80,18 +80,6 @@ def test_flip_only_flips_about_half():
     assert 0.45 < flipped.float().mean().item() < 0.55
 
 
-def test_crop_areas_follow_range():
-    aug = SimCLRAugment(32)
-    boxes = aug._crop_boxes(5000, 100, 100, "cpu", torch.Generator().manual_seed(0))
-    area = boxes[:, 2] * boxes[:, 3] / 1e4
-    ratio = boxes[:, 2] / boxes[:, 3]
-    assert area.min() >= 0.07 and area.max() <= 1.0
-    assert ratio.min() >= 0.70 and ratio.max() <= 1.40
-    assert (boxes[:, 0] >= 0).all() and (boxes[:, 0] + boxes[:, 2] <= 100).all()
-    assert (boxes[:, 1] >= 0).all() and (boxes[:, 1] + boxes[:, 3] <= 100).all()
-    assert 0.45 < area.mean().item() < 0.62  # uniform in [0.08, 1] has mean 0.54
-
-
 def test_paper_defaults_depend_on_size():
     small, large = SimCLRAugment(32), SimCLRAugment(224)
     assert small.color_strength == 0.5 and small.blur_p == 0.0

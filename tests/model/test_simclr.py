@@ -14,7 +14,14 @@ def test_outputs():
     x = torch.rand(8, 3, 16, 16)
     out = m(x, x.flip(-1), torch.randint(0, 10, (8,)))
     assert set(out) == {"loss", "contrastive_loss", "contrastive_acc", "online_loss", "online_acc"}
-    assert out["loss"].requires_grad and out["loss"].item() == pytest.approx((out["contrastive_loss"] + out["online_loss"]).item(), rel=1e-6)
+    # the official objective (the default) minimises 2L; contrastive_loss reports the paper's L
+    assert m.objective_scale == 2.0
+    assert out["loss"].requires_grad
+    assert out["loss"].item() == pytest.approx((2 * out["contrastive_loss"] + out["online_loss"]).item(), rel=1e-6)
+    paper = simclr_model(loss_temperature=0.5, num_classes=10, loss_objective="paper")
+    paper.load_state_dict(m.state_dict())
+    out_p = paper(x, x.flip(-1), torch.randint(0, 10, (8,)))
+    assert out_p["contrastive_loss"].item() == pytest.approx(out["contrastive_loss"].item(), rel=1e-6)
     assert "online_loss" not in simclr_model()(x, x)
 
 

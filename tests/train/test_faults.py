@@ -109,7 +109,7 @@ def _fit(cfg, at_steps):
     """Train ``cfg`` with a model whose loss is NaN at the given global steps (0-based)."""
     cfg, train, val = load_training_data(cfg)
     ref = SimCLR.from_config(cfg, len(train.classes))
-    model = PoisonedSimCLR(ref.encoder, ref.head, cfg.loss.temperature, len(train.classes), at_calls=at_steps)
+    model = PoisonedSimCLR(ref.encoder, ref.head, cfg.loss.temperature, len(train.classes), ref.objective_scale, at_calls=at_steps)
     Trainer(cfg, train, val, log=lambda *_: None, model=model).fit()
 
 
@@ -134,7 +134,7 @@ def test_signal_mid_epoch_saves_the_exact_position_and_resume_is_identical(tmp_p
     cfg, train, val = load_training_data(_cfg(tmp_path / "run"))
     torch.manual_seed(cfg.train.seed)  # the initialisation the Trainer would draw
     ref = SimCLR.from_config(cfg, len(train.classes))
-    model = SignalledSimCLR(ref.encoder, ref.head, cfg.loss.temperature, len(train.classes), at_call=5)
+    model = SignalledSimCLR(ref.encoder, ref.head, cfg.loss.temperature, len(train.classes), ref.objective_scale, at_call=5)
     with pytest.raises(Interrupted, match="SIGTERM at epoch 2, step 6"):
         Trainer(cfg, train, val, log=lambda *_: None, model=model).fit()
     state = load_checkpoint(tmp_path / "run")

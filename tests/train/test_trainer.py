@@ -74,7 +74,7 @@ def test_online_probe_does_not_touch_the_encoder(tmp_path):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in tr.model.online.parameters())
     tr.model.zero_grad(set_to_none=True)
     _, z = tr.model.embed(v, v.flip(-1))
-    tr.model.contrastive(z[:len(v)], z[len(v):])[0].backward()
+    (tr.model.objective_scale * tr.model.contrastive(z[:len(v)], z[len(v):])[0]).backward()
     for g_probe, p in zip(with_probe, tr.model.encoder.parameters()):
         torch.testing.assert_close(g_probe, p.grad, rtol=0, atol=0)
 

@@ -10,20 +10,28 @@ parameter for every image. The chain follows the paper (appendix A) and the offi
     -> grayscale with p=0.2
     -> Gaussian blur with p=0.5, sigma in [0.1, 2.0], kernel 10% of the side (off at 32px)
 
+``augment.convention`` picks the official code's version of three pieces (the default) or
+torchvision's: the crop sampler (``simclr.data.crop``), saturation (scale S in HSV and clip, as
+tf.image.adjust_saturation; or blend with the grayscale image) and blur (zero padding and one sigma
+per batch of views, as the official ``batch_random_blur``; or reflect padding and one sigma per image).
+Large streamed images arrive already cropped from their full frame by the loader
+(``simclr.data.crop.ViewCropper``); call with ``precropped=True`` to do the rest.
+
 Outputs are floats in [0, 1], as in the official code; normalisation is the model's business.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 import torch.nn.functional as F
 
 from simclr.config import AugmentConfig, ConfigError, check_section, resolve_augment
+from simclr.data.crop import center_box, sample_boxes
 
-__all__ = ["SimCLRAugment", "center_resize", "to_float", "rgb_to_grayscale", "rgb_to_hsv", "hsv_to_rgb"]
+__all__ = ["SimCLRAugment", "center_resize", "adjust_saturation_hsv", "to_float", "rgb_to_grayscale", "rgb_to_hsv",
+           "hsv_to_rgb"]
 
 # ITU-R 601 luma weights, as tf.image.rgb_to_grayscale and torchvision.
 _LUMA = (0.2989, 0.5870, 0.1140)
@@ -71,16 +79,24 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     return torch.gather(choices, 1, idx)
 
 
-def center_resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Deterministic evaluation view: centre square crop, bicubic resize to (size, size), [0, 1]."""
+def center_resize(x: torch.Tensor, size: int, fraction: float = 1.0) -> torch.Tensor:
+    """Deterministic evaluation view of x (B, 3, H, W): the centred square of ``fraction`` of the shorter
+    side (``simclr.data.crop.center_box``, the official formula), bicubic resize (antialiased when
+    shrinking) to (B, 3, size, size) float32 in [0, 1]."""
     x = to_float(x)
     _, _, h, w = x.shape
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    x = x[:, :, top : top + side, left : left + side]
-    if side != size:
-        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=side > size)
+    top, left, ch, cw = center_box(h, w, fraction)
+    x = x[:, :, top : top + ch, left : left + cw]
+    if (ch, cw) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=min(ch, cw) > size)
     return x.clamp_(0.0, 1.0)
+
+
+def adjust_saturation_hsv(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """tf.image.adjust_saturation: S of HSV times ``factor`` (B,), clipped to [0, 1]; x (B, 3, H, W)."""
+    hsv = rgb_to_hsv(x)
+    hsv[:, 1] = (hsv[:, 1] * factor.view(-1, 1, 1)).clamp_(0.0, 1.0)
+    return hsv_to_rgb(hsv)
 
 
 def _uniform(n: int, lo: float, hi: float, device, generator) -> torch.Tensor:
@@ -103,7 +119,10 @@ class SimCLRAugment:
     Invalid values raise ``simclr.config.ConfigError`` naming the key. Calling it with x of shape
     (B, 3, H, W), uint8 or float in [0, 1], on any device, returns a float32 tensor (B, 3, S, S)
     in [0, 1] on the same device. Pass ``generator`` (a torch.Generator on x's device) for
-    reproducible draws; every parameter is drawn independently for every image.
+    reproducible draws; every parameter is drawn independently for every image (except the blur's
+    sigma under the official convention: one per call, as the official code draws one per batch).
+    With ``precropped=True`` x is already a batch of (B, 3, S, S) crops (from ``ViewCropper``):
+    the crop is skipped, the rest (flip onwards) is applied.
     """
 
     def __init__(self, image_size: int, cfg: AugmentConfig | None = None, **keys):
@@ -119,7 +138,7 @@ class SimCLRAugment:
         self.cfg = cfg
         # Switched-off operations have probability 0, so one code path serves every setting.
         self.crop = cfg.crop
-        self.crop_scale, self.crop_ratio = tuple(cfg.crop_scale), tuple(cfg.crop_ratio)
+        self.official = cfg.convention == "official"
         self.flip_p = cfg.flip_p if cfg.flip else 0.0
         self.color_strength = cfg.color_strength if cfg.color else 0.0
         self.color_p = cfg.color_p if cfg.color else 0.0
@@ -135,38 +154,15 @@ class SimCLRAugment:
         return f"SimCLRAugment(image_size={self.image_size}, cfg={self.cfg})"
 
     # -- geometry ---------------------------------------------------------------------------
-    def _crop_boxes(self, b: int, h: int, w: int, device, g) -> torch.Tensor:
-        """Per-image crop boxes (B, 4) as (x0, y0, width, height) in pixels.
-
-        Ten vectorised rejection-sampling attempts per image, as torchvision; an image whose
-        attempts all fail takes the whole frame, as TF's sample_distorted_bounding_box does.
-        """
-        attempts = 10
-        area = float(h * w)
-        lo, hi = self.crop_scale
-        target = area * (torch.rand(b, attempts, device=device, generator=g) * (hi - lo) + lo)
-        log_lo, log_hi = math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1])
-        aspect = torch.exp(torch.rand(b, attempts, device=device, generator=g) * (log_hi - log_lo) + log_lo)
-        cw = torch.sqrt(target * aspect).round()
-        ch = torch.sqrt(target / aspect).round()
-        ok = (cw >= 1) & (cw <= w) & (ch >= 1) & (ch <= h)
-        first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((b,), -1, device=device))
-        found = first >= 0
-        pick = first.clamp_min(0).unsqueeze(1)
-        cw = torch.where(found, cw.gather(1, pick).squeeze(1), torch.full((b,), float(w), device=device))
-        ch = torch.where(found, ch.gather(1, pick).squeeze(1), torch.full((b,), float(h), device=device))
-        x0 = torch.floor(torch.rand(b, device=device, generator=g) * (w - cw + 1))
-        y0 = torch.floor(torch.rand(b, device=device, generator=g) * (h - ch + 1))
-        return torch.stack((x0, y0, cw, ch), 1)
-
-    def _crop_flip(self, x: torch.Tensor, g) -> torch.Tensor:
+    def _crop_flip(self, x: torch.Tensor, g, precropped: bool) -> torch.Tensor:
         b, _, h, w = x.shape
         s = self.image_size
-        if self.crop:
-            x0, y0, cw, ch = self._crop_boxes(b, h, w, x.device, g).unbind(1)
-        else:
-            x0 = y0 = torch.zeros(b, device=x.device)
-            cw, ch = torch.full((b,), float(w), device=x.device), torch.full((b,), float(h), device=x.device)
+        if precropped:
+            if (h, w) != (s, s):
+                raise ValueError(f"precropped views must be {s}x{s}, got {h}x{w}")
+            flip = _bernoulli(b, self.flip_p, x.device, g).view(-1, 1, 1, 1)
+            return torch.where(flip, x.flip(3), x)
+        x0, y0, cw, ch = sample_boxes(b, h, w, self.cfg, g, x.device).to(x.dtype).unbind(1)
         flip = _bernoulli(b, self.flip_p, x.device, g)
         if not self.crop and not flip.any() and (h, w) == (s, s):
             return x
@@ -207,7 +203,9 @@ class SimCLRAugment:
                     f = factors[1][idx].view(-1, 1, 1, 1)
                     mean = xi.mean((2, 3), keepdim=True)
                     xi = (xi - mean) * f + mean
-                elif op == 2:  # saturation: blend with the grayscale image
+                elif op == 2 and self.official:  # saturation: scale S in HSV (tf.image.adjust_saturation)
+                    xi = adjust_saturation_hsv(xi, factors[2][idx])
+                elif op == 2:  # saturation: blend with the grayscale image (torchvision)
                     f = factors[2][idx].view(-1, 1, 1, 1)
                     gray = rgb_to_grayscale(xi)
                     xi = (xi - gray) * f + gray
@@ -230,7 +228,8 @@ class SimCLRAugment:
         if self.blur_p == 0 or radius < 1:
             return x
         on = _bernoulli(b, self.blur_p, x.device, g)
-        sigma = _uniform(b, self.blur_sigma[0], self.blur_sigma[1], x.device, g)
+        # official: one sigma for the whole batch of views (batch_random_blur); torchvision: one per image
+        sigma = _uniform(1 if self.official else b, self.blur_sigma[0], self.blur_sigma[1], x.device, g).expand(b)
         idx = torch.nonzero(on).squeeze(1)
         if idx.numel() == 0:
             return x
@@ -239,8 +238,9 @@ class SimCLRAugment:
         k = torch.exp(-(taps**2) / (2 * sigma[idx].view(-1, 1) ** 2))
         k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (n*c, K)
         xi = x.index_select(0, idx).reshape(1, n * c, h, w)
-        pad = min(radius, h - 1, w - 1)
-        if pad < radius:  # reflect padding needs pad < side; fall back to replicate for tiny inputs
+        if self.official:  # 'SAME' convolution: zeros outside the image
+            xi = F.pad(xi, (radius, radius, radius, radius))
+        elif radius > min(h, w) - 1:  # reflect padding needs pad < side; fall back to replicate for tiny inputs
             xi = F.pad(xi, (radius, radius, radius, radius), mode="replicate")
         else:
             xi = F.pad(xi, (radius, radius, radius, radius), mode="reflect")
@@ -248,11 +248,11 @@ class SimCLRAugment:
         xi = F.conv2d(xi, k.view(n * c, 1, -1, 1), groups=n * c)
         return x.index_copy(0, idx, xi.view(n, c, h, w))
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None, precropped: bool = False) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a batch of shape (B, 3, H, W), got {tuple(x.shape)}")
         x = to_float(x)
-        x = self._crop_flip(x, generator)
+        x = self._crop_flip(x, generator, precropped)
         x = self._color(x, generator)
         x = self._gray(x, generator)
         x = self._blur(x, generator)

@@ -8,7 +8,9 @@ training): the failing image is replaced by the next decodable image of the data
 around), so every step keeps its size and the batches stay a pure function of (seed, epoch, the
 set of bad files); the failure travels back with the batch and the main process appends it to
 ``ImageSet.bad`` once. With ``strict`` the first such file raises BadImageError in the main
-process instead. Workers ignore SIGINT, SIGTERM and SIGHUP: a scheduler signalling the whole
+process instead. Given a ``ViewCropper``, streamed items are the two training views of each image cut
+from its full frame (uint8 (2, 3, S, S)), their boxes drawn from a generator seeded by (seed, epoch,
+position in the epoch's order), so resumed and uninterrupted runs cut the same views. Workers ignore SIGINT, SIGTERM and SIGHUP: a scheduler signalling the whole
 process group reaches only the main process, which can checkpoint and stop cleanly.
 """
 
@@ -20,6 +22,7 @@ import signal
 import torch
 
 from simclr.config import default_num_workers
+from simclr.data.crop import ViewCropper
 from simclr.data.decode import load_fixed
 from simclr.data.errors import BadImageError, DataError, describe, printable
 from simclr.data.imageset import ImageSet
@@ -36,19 +39,34 @@ def ignore_signals(worker_id: int = 0) -> None:
         signal.signal(s, signal.SIG_IGN)
 
 
-class StreamedImages(torch.utils.data.Dataset):
-    """Decodes file ``i`` at ``load_size``; item = (uint8 (3, S, S) or None, index used, failures).
+def image_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one image's loader-side draws in one epoch (a pure function, for exact resume)."""
+    return ((seed * 1_000_003 + epoch) * 2_654_435_761 + index * 40_503 + 17) % (2**63)
 
-    A file that fails is replaced by the next decodable file (wrapping around); ``failures`` lists
-    the (path, reason) found on the way. Files in ``known_bad`` are not tried again. With
-    ``strict`` there is no replacement: the image is None and the failure is reported. None is
-    also returned when no file of the set can be decoded.
+
+class StreamedImages(torch.utils.data.Dataset):
+    """Decodes file ``i``; item = (uint8 image or None, index used, failures).
+
+    The image is (3, L, L) at ``load_size`` (shorter side resized, centre square), or, with ``cropper``,
+    the two training views (2, 3, S, S) cut from the full frame with a generator seeded by
+    ``image_seed(seed, epoch, i)``. A file that fails is replaced by the next decodable file (wrapping
+    around); ``failures`` lists the (path, reason) found on the way. Files in ``known_bad`` are not
+    tried again. With ``strict`` there is no replacement: the image is None and the failure is
+    reported. None is also returned when no file of the set can be decoded.
     """
 
     def __init__(self, paths: list[str], load_size: int, max_pixels: int, known_bad: frozenset[str] = frozenset(),
-                 strict: bool = False):
+                 strict: bool = False, cropper: ViewCropper | None = None, seed: int = 0, epoch: int = 0):
         self.paths, self.load_size, self.max_pixels, self.strict = paths, load_size, max_pixels, strict
+        self.cropper, self.seed, self.epoch = cropper, seed, epoch
         self.bad = set(known_bad)  # grows in each process as files fail; skipping = failing again
+
+    def _load(self, path: str, i: int) -> torch.Tensor:
+        if self.cropper is None:
+            return load_fixed(path, self.load_size, self.max_pixels)
+        # Seeded by the requested position i, not the replacement's index: a replacement that is also
+        # in the batch still gets views of its own.
+        return self.cropper(path, torch.Generator().manual_seed(image_seed(self.seed, self.epoch, i)))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -62,7 +80,7 @@ class StreamedImages(torch.utils.data.Dataset):
             if path in self.bad:
                 continue
             try:
-                return load_fixed(path, self.load_size, self.max_pixels), j, found
+                return self._load(path, i), j, found
             except Exception as e:  # BadImageError, and anything else a broken file can raise
                 self.bad.add(path)
                 found.append((path, str(e) if isinstance(e, BadImageError) else describe(e)))
@@ -72,7 +90,7 @@ class StreamedImages(torch.utils.data.Dataset):
 
 
 def collate(items: list[tuple[torch.Tensor | None, int, list[tuple[str, str]]]]):
-    """(x uint8 (B, 3, S, S) or None if any image is missing, used indices (B,), failures)."""
+    """(x uint8 (B, 3, S, S) or (B, 2, 3, S, S), or None if any image is missing, used indices (B,), failures)."""
     xs, used, failures = zip(*items)
     x = None if any(t is None for t in xs) else torch.utils.data.default_collate(list(xs))
     return x, torch.tensor(used, dtype=torch.long), [f for item in failures for f in item]
@@ -87,10 +105,13 @@ class Batches:
     ``num_workers`` None is ``simclr.config.default_num_workers()`` (streamed sets only; in-memory
     sets are sliced in the main process). For streamed sets the yielded indices (and labels) are
     those of the images actually in the batch: a replacement's own index, not the failed one's.
+    With ``cropper`` (streamed sets only) each streamed image is its two training views cut from its
+    full frame: x is uint8 (B, 2, 3, S, S).
     """
 
     def __init__(self, ds: ImageSet, batch_size: int, seed: int, num_workers: int | None = None, rank: int = 0,
-                 world_size: int = 1, drop_last: bool = True, shuffle: bool = True, strict: bool = False):
+                 world_size: int = 1, drop_last: bool = True, shuffle: bool = True, strict: bool = False,
+                 cropper: ViewCropper | None = None):
         if len(ds) < batch_size * world_size and drop_last:
             raise DataError(
                 f"the dataset has {len(ds)} images, fewer than one batch of {batch_size * world_size}; "
@@ -102,6 +123,7 @@ class Batches:
         if num_workers is None:
             num_workers = default_num_workers()
         self.num_workers = num_workers if ds.images is None else 0
+        self.cropper = cropper if ds.images is None else None
 
     def __len__(self) -> int:
         n, b = len(self.ds), self.batch_size * self.world_size
@@ -121,20 +143,22 @@ class Batches:
         return [order[s * gb : (s + 1) * gb][self.rank :: self.world_size] for s in range(start_step, len(self))]
 
     def epoch(self, epoch: int, start_step: int = 0):
-        """Yield (x uint8 (B, 3, S, S), y (B,), idx (B,)) for each step of ``epoch`` from ``start_step``."""
+        """Yield (x uint8 (B, 3, S, S), or (B, 2, 3, S, S) with a cropper, y (B,), idx (B,)) for each
+        step of ``epoch`` from ``start_step``."""
         steps = self.steps(epoch, start_step)
         if self.ds.images is not None:
             for idx in steps:
                 yield self.ds.images.index_select(0, idx), self.ds.labels[idx], idx
             return
-        yield from self._streamed(steps)
+        yield from self._streamed(steps, epoch)
 
-    def _streamed(self, steps: list[torch.Tensor]):
+    def _streamed(self, steps: list[torch.Tensor], epoch: int):
         ds = self.ds
         known = {p for p, _ in ds.bad}
         loader = torch.utils.data.DataLoader(
             # strict: every file is tried again, so that a known bad one still stops the run
-            StreamedImages(ds.paths, ds.load_size, ds.max_pixels, frozenset() if self.strict else frozenset(known), self.strict),
+            StreamedImages(ds.paths, ds.load_size, ds.max_pixels, frozenset() if self.strict else frozenset(known), self.strict,
+                           self.cropper, self.seed, epoch),
             batch_sampler=[idx.tolist() for idx in steps],
             num_workers=self.num_workers,
             collate_fn=collate,

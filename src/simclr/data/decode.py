@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -20,20 +21,31 @@ from PIL import Image, ImageOps
 from simclr.config import DataConfig
 from simclr.data.errors import BadImageError, describe
 
-__all__ = ["check_image", "decode_image", "to_rgb", "to_tensor", "fit", "load_fixed", "load_size_for"]
+__all__ = ["check_image", "decode_image", "open_image", "decode_opened", "oriented_size", "to_rgb", "to_tensor", "fit",
+           "load_fixed", "load_size_for"]
+
+# EXIF orientations that swap width and height (transpose, rotate 90, transverse, rotate 270).
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 
 
-def _open(path: str | Path, max_pixels: int) -> Image.Image:
-    try:
-        size = os.path.getsize(path)
-    except FileNotFoundError:
-        raise BadImageError("file not found") from None
-    except OSError as e:
-        raise BadImageError(f"cannot read ({describe(e)})") from None
-    if size == 0:
+def open_image(src: str | Path | BinaryIO, max_pixels: int) -> Image.Image:
+    """Open a file path or a binary file object lazily (header only), refusing empty files, unreadable
+    headers and more than ``max_pixels`` pixels with BadImageError (the reason only)."""
+    if isinstance(src, (str, os.PathLike)):
+        try:
+            size = os.path.getsize(src)
+        except FileNotFoundError:
+            raise BadImageError("file not found") from None
+        except OSError as e:
+            raise BadImageError(f"cannot read ({describe(e)})") from None
+        if size == 0:
+            raise BadImageError("empty file")
+    elif src.seek(0, os.SEEK_END) == 0:
         raise BadImageError("empty file")
+    else:
+        src.seek(0)
     try:
-        im = Image.open(path)
+        im = Image.open(src)
     except Image.DecompressionBombError as e:
         raise BadImageError(f"refused: {str(e).split('.')[0]}") from None
     except Exception as e:  # UnidentifiedImageError, OSError, SyntaxError from broken headers
@@ -48,23 +60,37 @@ def _open(path: str | Path, max_pixels: int) -> Image.Image:
     return im
 
 
+def oriented_size(im: Image.Image) -> tuple[int, int, bool]:
+    """(width, height) of an opened image as it is shown, i.e. after its EXIF orientation, and whether
+    the orientation swaps the stored axes."""
+    try:
+        swapped = im.getexif().get(0x0112) in _SWAPPING_ORIENTATIONS
+    except Exception:  # a broken EXIF block: exif_transpose ignores it too
+        swapped = False
+    w, h = im.size
+    return (h, w, True) if swapped else (w, h, False)
+
+
+def decode_opened(im: Image.Image) -> Image.Image:
+    """Decode the pixels of an image from ``open_image`` to RGB (see ``decode_image``)."""
+    try:
+        im.load()
+        return to_rgb(im)
+    except Exception as e:  # truncated data, broken streams
+        raise BadImageError(f"cannot decode ({describe(e)})") from None
+
+
 def check_image(path: str | Path, max_pixels: int = DataConfig.max_pixels) -> tuple[int, int]:
     """Read only the header: (width, height), or BadImageError."""
-    with _open(path, max_pixels) as im:
+    with open_image(path, max_pixels) as im:
         return im.size
 
 
 def decode_image(path: str | Path, max_pixels: int = DataConfig.max_pixels) -> Image.Image:
     """Open an image as RGB, applying its EXIF orientation; grayscale, 16-bit, CMYK, RGBA and palette
     images become RGB. Raises BadImageError for anything unusable."""
-    try:
-        with _open(path, max_pixels) as im:
-            im.load()
-            return to_rgb(im)
-    except BadImageError:
-        raise
-    except Exception as e:  # truncated data, broken streams
-        raise BadImageError(f"cannot decode ({describe(e)})") from None
+    with open_image(path, max_pixels) as im:
+        return decode_opened(im)
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

@@ -35,7 +35,10 @@ from simclr.evaluate.inputs import prepare
 __all__ = ["alignment", "uniformity", "effective_rank", "scaled_std", "analyze", "analyze_run", "COLLAPSE_STD",
            "COLLAPSE_RANK", "MIN_IMAGES"]
 
-COLLAPSE_STD = 0.1
+# Complete collapse drives the scaled std to ~0 (under 1e-3 for a constant encoder). Post-ReLU pooled h lies
+# in a cone, so healthy but young representations are low too: 0.04-0.10 after 3-9 steps of a width-0.125
+# ResNet-18 at 16px, with effective rank 14-32 of 64. The threshold sits below that.
+COLLAPSE_STD = 0.02
 COLLAPSE_RANK = 2.0
 MIN_IMAGES = 10  # fewer points say nothing about rank, spread or uniformity (the floor of analyze.max_images)
 MAX_LEGEND = 20  # classes named in the map's legend; beyond, points are coloured by class index only
@@ -70,7 +73,8 @@ def scaled_std(x: torch.Tensor) -> float:
 
 
 def analyze(encoder: nn.Module, head: nn.Module | None, ds, image_size: int, device: torch.device, out: str | Path,
-            max_images: int = 2000, seed: int = 0, queries: int = 6, neighbours: int = 7, log=print) -> dict:
+            max_images: int = 2000, seed: int = 0, queries: int = 6, neighbours: int = 7, log=print,
+            crop_fraction: float | None = None) -> dict:
     """Compute the diagnostics on up to ``max_images`` images of ``ds`` (all of them when it has fewer)
     and write PNGs + analysis.json. Fewer than ``MIN_IMAGES`` images are refused (DataError): a handful
     of points has no meaningful rank, spread or uniformity."""
@@ -85,7 +89,7 @@ def analyze(encoder: nn.Module, head: nn.Module | None, ds, image_size: int, dev
     head = head if head is not None else nn.Identity()
     aug = SimCLRAugment(image_size)
     g_views = g if device.type == "cpu" else None
-    h, z = extract_features(encoder, ds, image_size, device, head=head, indices=idx)
+    h, z = extract_features(encoder, ds, image_size, device, head=head, indices=idx, crop_fraction=crop_fraction)
     _, z1 = extract_features(encoder, ds, image_size, device, head=head, indices=idx, augment=aug, generator=g_views)
     _, z2 = extract_features(encoder, ds, image_size, device, head=head, indices=idx, augment=aug, generator=g_views)
     res = {
@@ -187,7 +191,7 @@ def analyze_run(cfg, log=print) -> dict:
         raise DataError(f"the analysis needs at least {MIN_IMAGES} images, {printable(cfg.data.path)} has {len(inp.data)}")
     head = inp.run.head if inp.run is not None else None
     return analyze(inp.encoder, head, inp.data, inp.image_size, inp.device, inp.out, max_images=cfg.analyze.max_images,
-                   seed=cfg.eval.seed, log=log)
+                   seed=cfg.eval.seed, log=log, crop_fraction=inp.crop_fraction)
 
 
 def _refuse_out_in_data(out: str, data: str) -> None:

@@ -67,6 +67,9 @@ def export_encoder(encoder: nn.Module, fmt: str, out: str | Path, image_size: in
     if fmt == "safetensors":
         save_encoder(encoder, out, {k: str(v) for k, v in (metadata or {}).items()})
     elif fmt == "torchvision":
+        if getattr(encoder, "stage1_projection", False) and "layer1.0.conv3.weight" not in encoder.state_dict():
+            raise ConfigError("this encoder has the official stage-1 projection shortcut (model.stage1_projection), which "
+                             "torchvision's resnet18/34 lack; export --format safetensors or onnx instead")
         sd = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
         atomic_write(out, lambda tmp: torch.save(sd, tmp))
     elif fmt == "onnx":
@@ -88,7 +91,8 @@ def embed(cfg, log=print) -> tuple[int, int]:
     data.path into eval.out (a folder, checked before any work). Returns the shape written."""
     inp = prepare(cfg, out=lambda run: cfg.eval.out, out_kind="dir", log=log)
     head = inp.run.head.to(inp.device) if cfg.embed.projection else None
-    feats = extract_features(inp.encoder, inp.data, inp.image_size, inp.device, cfg.eval.batch_size, head=head, progress=True)
+    feats = extract_features(inp.encoder, inp.data, inp.image_size, inp.device, cfg.eval.batch_size, head=head, progress=True,
+                             crop_fraction=inp.crop_fraction)
     emb = (feats[1] if head is not None else feats).numpy().astype(np.float32)
     write_embeddings(inp.out, emb, inp.data.names(cfg.data.path), inp.data.labels, inp.data.classes)
     what = "projections z" if head is not None else "representations h"

@@ -8,7 +8,7 @@ import contextlib
 import torch
 from torch import nn
 
-from simclr.config import ConfigError
+from simclr.config import ConfigError, resolve_crop_fraction
 from simclr.data.augment import center_resize
 
 __all__ = ["extract_features", "out_of_memory_as_error"]
@@ -51,22 +51,26 @@ def extract_features(
     generator: torch.Generator | None = None,
     channels_last: bool = True,
     progress: bool = False,
+    crop_fraction: float | None = None,
 ):
     """Outputs of ``net`` in eval mode for the images of ``ds`` (an ImageSet), in order.
 
     Args:
         net: maps images (B, 3, S, S) in [0, 1] to (B, D): an encoder (h), or a whole classifier (logits).
         ds: anything with ``get(idx) -> uint8 (len(idx), 3, H, W)`` and ``len``.
-        image_size: S; the view is the centre square resized to S, unless ``augment`` is given.
+        image_size: S; the view is the centred square of ``crop_fraction`` of the shorter side resized to
+            S (``simclr.data.augment.center_resize``), unless ``augment`` is given.
         head: when given, also ``head(h)``; the result is then the pair (h, z).
         indices: which images (default: all), as a 1-D int64 tensor.
         augment: a ``SimCLRAugment`` to draw random views instead of centre views (with ``generator``).
         progress: show a progress bar (on a terminal only).
+        crop_fraction: None is auto (``simclr.config.resolve_crop_fraction``: 0.875 above 32px, else 1).
 
     Returns:
         float32 (len(indices), D) on the CPU, or (h, z) with ``head``. Train/eval modes are restored.
     """
     idx_all = torch.arange(len(ds)) if indices is None else indices
+    fraction = resolve_crop_fraction(crop_fraction, image_size)
     modules = [m for m in (net, head) if m is not None]
     modes = [m.training for m in modules]
     for m in modules:
@@ -82,7 +86,7 @@ def extract_features(
         for idx in _batches(idx_all, batch_size, image_size):
             with out_of_memory_as_error(f"computing features of {len(idx)} images of {image_size}px on {device}"):
                 x = ds.get(idx).to(device, non_blocking=True)
-                x = augment(x, generator) if augment is not None else center_resize(x, image_size)
+                x = augment(x, generator) if augment is not None else center_resize(x, image_size, fraction)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 h = net(x)

@@ -76,11 +76,12 @@ def finetune(
     seed: int = 0,
     out: str | Path | None = None,
     log=print,
+    crop_fraction: float | None = None,
 ) -> dict:
     """Fine-tune ``model`` on a balanced ``label_fraction`` of ``train``; top-1/top-5 on ``test``.
 
     With ``out``, the chosen images are listed in OUT/finetune_labels.txt once the run succeeded (see
-    ``write_labels``). The batch is cut to the labelled subset's size; BatchNorm trains on batch
+    ``write_labels``). Test images are centre views of ``crop_fraction`` (None: auto). The batch is cut to the labelled subset's size; BatchNorm trains on batch
     statistics, so a batch of one image is refused (ConfigError)."""
     subset = balanced_subset(train.labels, label_fraction, seed)
     data = train.subset(subset)
@@ -94,7 +95,7 @@ def finetune(
     model.train()
     train_classifier(model, list(model.parameters()), data, image_size, device, epochs, bs, lr, seed, log, "finetune")
     model.eval()
-    logits = extract_features(model, test, image_size, device, bs)
+    logits = extract_features(model, test, image_size, device, bs, crop_fraction=crop_fraction)
     res = topk_accuracy(logits, test.labels)
     res.update(label_fraction=label_fraction, num_labelled=n, epochs=epochs, batch_size=bs, lr=lr)
     if out is not None:
@@ -147,7 +148,7 @@ def finetune_evaluate(cfg, log=print) -> dict:
         model = Classifier(inp.encoder, len(inp.data.classes), head, ft.from_head_layer)
     out = inp.out
     res = finetune(model, inp.data, inp.test, inp.image_size, inp.device, ft.label_fraction, epochs=ft.epochs,
-                   batch_size=ev.batch_size, base_lr=ft.lr, seed=ev.seed, out=out, log=log)
+                   batch_size=ev.batch_size, base_lr=ft.lr, seed=ev.seed, out=out, log=log, crop_fraction=inp.crop_fraction)
     res.update(encoder=inp.name, from_head_layer=ft.from_head_layer, image_size=inp.image_size)
     write_result(out, "finetune", res)
     return res

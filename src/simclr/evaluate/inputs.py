@@ -44,6 +44,7 @@ class EvalInputs:
     run: Pretrained | None  # None for a random encoder
     meta: dict
     out: Path | None = None  # where the command writes (checked by ``prepare``), None: nowhere
+    crop_fraction: float | None = None  # the evaluation view's centre crop (eval.crop_fraction; None: auto)
 
     @property
     def name(self) -> str:
@@ -178,7 +179,8 @@ def prepare(cfg, labelled: bool = False, with_test: bool = False, load_data: boo
         encoder = random_encoder(src.arch, src.width, size, cfg.eval.seed)
         meta = {"arch": src.arch, "width": src.width, "cifar_stem": resolve_cifar_stem(None, size), "image_size": size, "epoch": 0}
     encoder = encoder.to(device, memory_format=torch.channels_last)
-    return EvalInputs(encoder, size or meta["image_size"], device, data, test, run, meta, target)
+    return EvalInputs(encoder, size or meta["image_size"], device, data, test, run, meta, target,
+                      getattr(cfg.eval, "crop_fraction", None))
 
 
 def _load(spec: str, data_cfg, labelled: bool, training: bool = True) -> ImageSet:

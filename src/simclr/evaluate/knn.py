@@ -95,8 +95,8 @@ def knn_evaluate(cfg, log=print) -> dict:
     training set uses every training image (``k_used``)."""
     inp = prepare(cfg, labelled=True, with_test=True, out=lambda run: cfg.eval.out or run, log=log)
     bs = cfg.eval.batch_size
-    ftr = extract_features(inp.encoder, inp.data, inp.image_size, inp.device, bs)
-    fte = extract_features(inp.encoder, inp.test, inp.image_size, inp.device, bs)
+    ftr = extract_features(inp.encoder, inp.data, inp.image_size, inp.device, bs, crop_fraction=inp.crop_fraction)
+    fte = extract_features(inp.encoder, inp.test, inp.image_size, inp.device, bs, crop_fraction=inp.crop_fraction)
     res = knn_accuracy(ftr, inp.data.labels, fte, inp.test.labels, len(inp.data.classes), cfg.knn.k, cfg.knn.temperature)
     res.update(k=cfg.knn.k, k_used=min(cfg.knn.k, len(inp.data)), temperature=cfg.knn.temperature, num_train=len(inp.data),
                num_test=len(inp.test), image_size=inp.image_size, encoder=inp.name)

@@ -103,10 +103,11 @@ def linear_eval_lbfgs(
     batch_size: int = 512,
     seed: int = 0,
     log=print,
+    crop_fraction: float | None = None,
 ) -> dict:
     """L-BFGS logistic regression on frozen centre-view features; returns top-1/top-5 and the chosen
     regularisation. ``grid_range`` is log10 of the L2 strength lambda (C = 1 / lambda); the paper
-    searched 45 values in [1e-6, 1e5]."""
+    searched 45 values in [1e-6, 1e5]. ``crop_fraction``: the centre view's (None: auto)."""
     import warnings
 
     lambdas = np.logspace(grid_range[0], grid_range[1], num_grid)
@@ -116,8 +117,8 @@ def linear_eval_lbfgs(
             raise DataError(f"the L-BFGS probe picks its L2 strength on a validation split, but no class of the "
                             f"training data ({len(train)} images) has two images or more to split; give more images "
                             f"per class, --linear.grid 1 (no search), or --solver sgd")
-    ftr = extract_features(encoder, train, image_size, device, batch_size).double().numpy()
-    fte = extract_features(encoder, test, image_size, device, batch_size).double().numpy()
+    ftr = extract_features(encoder, train, image_size, device, batch_size, crop_fraction=crop_fraction).double().numpy()
+    fte = extract_features(encoder, test, image_size, device, batch_size, crop_fraction=crop_fraction).double().numpy()
     ytr, yte = train.labels.numpy(), test.labels.numpy()
     # Standardising features keeps L-BFGS well conditioned; it does not change the model class.
     mu, sd = ftr.mean(0), ftr.std(0) + 1e-8
@@ -153,8 +154,10 @@ def linear_eval_sgd(
     base_lr: float = 0.1,
     seed: int = 0,
     log=print,
+    crop_fraction: float | None = None,
 ) -> dict:
-    """SGD linear probe on random crop + flip views of the frozen encoder; returns top-1/top-5.
+    """SGD linear probe on random crop + flip views of the frozen encoder; returns top-1/top-5 on the
+    centre views (``crop_fraction``, None: auto) of ``test``.
 
     A batch larger than the training set is cut to its size (the learning rate follows the batch used)."""
     batch_size = max(1, min(batch_size, len(train)))
@@ -172,7 +175,7 @@ def linear_eval_sgd(
 
     train_classifier(classify, list(clf.parameters()), train, image_size, device, epochs, batch_size, lr, seed, log, "linear")
     with torch.no_grad():
-        fte = extract_features(encoder, test, image_size, device, batch_size)
+        fte = extract_features(encoder, test, image_size, device, batch_size, crop_fraction=crop_fraction)
         logits = clf(fte.to(device)).cpu()
     res = topk_accuracy(logits, test.labels)
     res.update(solver="sgd", epochs=epochs, batch_size=batch_size, lr=lr)
@@ -185,10 +188,11 @@ def linear_evaluate(cfg, log=print) -> dict:
     lin, ev = cfg.linear, cfg.eval
     if lin.solver == "lbfgs":
         res = linear_eval_lbfgs(inp.encoder, inp.data, inp.test, inp.image_size, inp.device, num_grid=lin.grid,
-                                val_fraction=lin.val_fraction, batch_size=ev.batch_size, seed=ev.seed, log=log)
+                                val_fraction=lin.val_fraction, batch_size=ev.batch_size, seed=ev.seed, log=log,
+                                crop_fraction=inp.crop_fraction)
     else:
         res = linear_eval_sgd(inp.encoder, inp.data, inp.test, inp.image_size, inp.device, epochs=lin.epochs,
-                              batch_size=ev.batch_size, base_lr=lin.lr, seed=ev.seed, log=log)
+                              batch_size=ev.batch_size, base_lr=lin.lr, seed=ev.seed, log=log, crop_fraction=inp.crop_fraction)
     res.update(encoder=inp.name, image_size=inp.image_size, num_train=len(inp.data), num_test=len(inp.test))
     write_result(inp.out, "linear", res)
     return res

@@ -121,6 +121,9 @@ class ResNet(nn.Module):
         cifar_stem: 3x3 stride-1 first convolution and no max-pool (for images of 32px or less).
         zero_init_residual: start each block's last BN gamma at 0, so every block begins as the
             identity; this stabilises large-batch training (Goyal et al., 2017; the paper's code).
+        stage1_projection: give the first block of stage 1 a projection shortcut (1x1 conv + BN) even
+            where identity fits, as the official tf2/resnet.py does for every stage. Only changes
+            ResNet-18/34 (bottleneck stage 1 widens, so it has one anyway); torchvision's layout is without.
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class ResNet(nn.Module):
         width: float = 1.0,
         cifar_stem: bool = False,
         zero_init_residual: bool = True,
+        stage1_projection: bool = False,
     ):
         super().__init__()
         if width <= 0:
@@ -137,6 +141,7 @@ class ResNet(nn.Module):
         base = max(1, int(round(64 * width)))
         self.width = width
         self.cifar_stem = cifar_stem
+        self.stage1_projection = stage1_projection
         self.inplanes = base
         if cifar_stem:
             self.conv1 = nn.Conv2d(3, base, 3, stride=1, padding=1, bias=False)
@@ -146,7 +151,7 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         # Identity keeps the module tree (and so the state_dict) the same for both stems.
         self.maxpool = nn.Identity() if cifar_stem else nn.MaxPool2d(3, stride=2, padding=1)
-        self.layer1 = self._make_layer(block, base, layers[0], 1)
+        self.layer1 = self._make_layer(block, base, layers[0], 1, project=stage1_projection)
         self.layer2 = self._make_layer(block, base * 2, layers[1], 2)
         self.layer3 = self._make_layer(block, base * 4, layers[2], 2)
         self.layer4 = self._make_layer(block, base * 8, layers[3], 2)
@@ -164,9 +169,9 @@ class ResNet(nn.Module):
                 if isinstance(m, (BasicBlock, Bottleneck)):
                     nn.init.zeros_(m.last_bn().weight)
 
-    def _make_layer(self, block, planes: int, blocks: int, stride: int) -> nn.Sequential:
+    def _make_layer(self, block, planes: int, blocks: int, stride: int, project: bool = False) -> nn.Sequential:
         downsample = None
-        if stride != 1 or self.inplanes != planes * block.expansion:
+        if project or stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
                 _conv1x1(self.inplanes, planes * block.expansion, stride),
                 nn.BatchNorm2d(planes * block.expansion),
@@ -200,8 +205,10 @@ ARCHITECTURES: tuple[str, ...] = tuple(_SPECS)
 def _constructor(name: str) -> Callable[..., ResNet]:
     block, layers = _SPECS[name]
 
-    def make(width: float = 1.0, cifar_stem: bool = False, zero_init_residual: bool = True) -> ResNet:
-        return ResNet(block, layers, width=width, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual)
+    def make(width: float = 1.0, cifar_stem: bool = False, zero_init_residual: bool = True,
+             stage1_projection: bool = False) -> ResNet:
+        return ResNet(block, layers, width=width, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual,
+                      stage1_projection=stage1_projection)
 
     make.__name__ = name
     make.__doc__ = f"{name} encoder; returns h of shape (B, num_features)."
@@ -215,11 +222,13 @@ resnet101 = _constructor("resnet101")
 resnet152 = _constructor("resnet152")
 
 
-def build_encoder(arch: str, width: float = 1.0, cifar_stem: bool = False, zero_init_residual: bool = True) -> ResNet:
+def build_encoder(arch: str, width: float = 1.0, cifar_stem: bool = False, zero_init_residual: bool = True,
+                  stage1_projection: bool = False) -> ResNet:
     """Build an encoder by registry name (one of ``ARCHITECTURES``)."""
     if arch not in _SPECS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-    return _constructor(arch)(width=width, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual)
+    return _constructor(arch)(width=width, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual,
+                              stage1_projection=stage1_projection)
 
 
 def resnet_from_state_dict(state_dict: dict[str, torch.Tensor]) -> ResNet:
@@ -238,6 +247,7 @@ def resnet_from_state_dict(state_dict: dict[str, torch.Tensor]) -> ResNet:
         raise ValueError(f"no ResNet has {blocks} blocks per stage ({'bottleneck' if bottleneck else 'basic'} blocks)")
     conv1 = sd["conv1.weight"]
     width = conv1.shape[0] / 64
-    model = build_encoder(name, width=width, cifar_stem=conv1.shape[-1] == 3)
+    model = build_encoder(name, width=width, cifar_stem=conv1.shape[-1] == 3,
+                          stage1_projection=not bottleneck and "layer1.0.downsample.0.weight" in sd)
     model.load_state_dict(sd)
     return model

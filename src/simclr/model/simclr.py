@@ -39,13 +39,19 @@ class SimCLR(nn.Module):
         temperature: tau of NT-Xent.
         num_classes: when > 0, a linear classifier on the detached h is trained alongside (the
             official code's linear evaluation while pretraining); it never changes the encoder.
+        objective_scale: what is minimised is this times NT-Xent: 2 is the official objective
+            (tf2/objective.py: loss_a + loss_b, the sum of both directions' means), 1 the paper's L.
+            The scale matters under LARS: weight decay is added to the gradient, and BN and bias
+            parameters are not adapted, so their steps scale with it. Metrics always report L.
     """
 
-    def __init__(self, encoder: ResNet, head: nn.Module, temperature: float, num_classes: int = 0):
+    def __init__(self, encoder: ResNet, head: nn.Module, temperature: float, num_classes: int = 0,
+                 objective_scale: float = 1.0):
         super().__init__()
         self.encoder = encoder
         self.head = head
         self.temperature = temperature
+        self.objective_scale = float(objective_scale)
         self.online = nn.Linear(encoder.num_features, num_classes) if num_classes > 0 else None
 
     @classmethod
@@ -55,7 +61,7 @@ class SimCLR(nn.Module):
             raise ValueError("model.cifar_stem is still auto: resolve the config for an image size first")
         encoder = build_encoder(**dataclasses.asdict(cfg.model))
         head = ProjectionHead.from_config(encoder.num_features, cfg.head)
-        return cls(encoder, head, cfg.loss.temperature, num_classes)
+        return cls(encoder, head, cfg.loss.temperature, num_classes, 2.0 if cfg.loss.objective == "official" else 1.0)
 
     # -- the pieces ---------------------------------------------------------------------------
     def embed(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,14 +95,16 @@ class SimCLR(nn.Module):
                 rank: int = 0) -> dict[str, torch.Tensor]:
         """Views x1, x2 (n, 3, S, S) of the same n images, labels (n,) or None.
 
-        Returns a dict with ``loss`` (to minimise: NT-Xent plus the online probe's cross-entropy),
-        ``contrastive_loss``, ``contrastive_acc`` and, with labels and a probe, ``online_loss``,
+        Returns a dict with ``loss`` (to minimise: ``objective_scale`` x NT-Xent plus the online probe's
+        cross-entropy), ``contrastive_loss`` (NT-Xent, the paper's L), ``contrastive_acc`` and, with labels
+        and a probe, ``online_loss``,
         ``online_acc`` (all 0-d; only ``loss`` carries a graph).
         """
         n = x1.shape[0]
         h, z = self.embed(x1, x2)
         loss, acc = self.contrastive(z[:n], z[n:], gather, rank)
         out = {"contrastive_loss": loss.detach(), "contrastive_acc": acc}
+        loss = self.objective_scale * loss
         if self.online is not None and labels is not None:
             ce, online_acc = self.online_loss(h, labels)
             out.update(online_loss=ce.detach(), online_acc=online_acc.detach())

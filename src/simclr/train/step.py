@@ -33,7 +33,8 @@ def cached_backward(model: SimCLR, v1: torch.Tensor, v2: torch.Tensor, labels: t
 
     1. Embed the batch chunk by chunk without autograd graphs (BN running statistics frozen, so they
        are updated once, in step 3).
-    2. NT-Xent over the full batch of projections; back-propagate ``scale(loss)`` to the projections only.
+    2. NT-Xent over the full batch of projections; back-propagate ``scale(objective_scale x loss)`` to the
+       projections only.
     3. Re-run each chunk with its graph and back-propagate the cached projection gradients (which already
        carry the scale) and the chunk's share of the online probe's scaled loss.
 
@@ -56,7 +57,7 @@ def cached_backward(model: SimCLR, v1: torch.Tensor, v2: torch.Tensor, labels: t
     z1 = torch.cat([z[: len(z) // 2] for z in zs]).requires_grad_()
     z2 = torch.cat([z[len(z) // 2 :] for z in zs]).requires_grad_()
     loss, acc = model.contrastive(z1, z2)
-    scale(loss).backward()
+    scale(model.objective_scale * loss).backward()
     probe = model.online is not None and labels is not None
     online_loss = torch.zeros((), device=v1.device, dtype=z1.dtype)
     online_acc = torch.zeros((), device=v1.device, dtype=z1.dtype)
@@ -71,7 +72,8 @@ def cached_backward(model: SimCLR, v1: torch.Tensor, v2: torch.Tensor, labels: t
             online_loss += ce.detach() * (c / n)
             online_acc += acc_c.detach() * (c / n)
         total.backward()
-    out = {"contrastive_loss": loss.detach(), "contrastive_acc": acc, "loss": loss.detach() + online_loss}
+    out = {"contrastive_loss": loss.detach(), "contrastive_acc": acc,
+           "loss": model.objective_scale * loss.detach() + online_loss}
     if probe:
         out.update(online_loss=online_loss, online_acc=online_acc)
     return out

@@ -23,6 +23,7 @@ import torch
 from simclr.checkpoint import CheckpointError, nonfinite_tensors
 from simclr.config import Config, ConfigError, config_to_dict
 from simclr.data import Batches, ImageSet
+from simclr.data.crop import ViewCropper
 from simclr.data.augment import SimCLRAugment
 from simclr.model.simclr import SimCLR
 from simclr.optim import (
@@ -70,17 +71,20 @@ class StepStats:
     online_loss: torch.Tensor
     online_acc: torch.Tensor
     n: int = 0
+    images: int = 0  # source images of the steps run (this rank), skipped steps included
 
     @classmethod
     def zeros(cls, device) -> StepStats:
         return cls(*(torch.zeros((), device=device) for _ in range(4)))
 
     def state(self) -> dict:
-        return {"loss": self.loss, "acc": self.acc, "online_loss": self.online_loss, "online_acc": self.online_acc, "n": self.n}
+        return {"loss": self.loss, "acc": self.acc, "online_loss": self.online_loss, "online_acc": self.online_acc, "n": self.n,
+                "images": self.images}
 
     @classmethod
     def from_state(cls, st: dict, device) -> StepStats:
-        return cls(*(st[k].to(device) for k in ("loss", "acc", "online_loss", "online_acc")), n=int(st["n"]))
+        return cls(*(st[k].to(device) for k in ("loss", "acc", "online_loss", "online_acc")), n=int(st["n"]),
+                   images=int(st.get("images", 0)))
 
     def add(self, out: dict[str, torch.Tensor]) -> None:
         if out.get("skipped"):
@@ -135,8 +139,10 @@ class Trainer:
             self.model = convert_global_bn(self.model)  # the paper's global BN: statistics over all devices
         self.model = self.model.to(self.device, memory_format=torch.channels_last if t.channels_last else torch.preserve_format)
         self.augment = SimCLRAugment.from_config(cfg.augment, cfg.data.image_size)
+        # Large streamed images: both views are cut from the full frame by the loader workers.
+        cropper = ViewCropper(cfg.data.image_size, self.augment.cfg, train.max_pixels) if train.streamed else None
         self.batches = Batches(train, self.local_batch, t.seed, num_workers=cfg.data.num_workers, rank=env.rank,
-                               world_size=env.world_size, strict=cfg.data.strict)
+                               world_size=env.world_size, strict=cfg.data.strict, cropper=cropper)
         self.steps_per_epoch = len(self.batches)
         self.total_steps = self.steps_per_epoch * t.epochs
         self.peak_lr = scaled_lr(o.base_lr, t.batch_size, o.lr_scaling)
@@ -182,12 +188,16 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------------------
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One optimisation step on uint8 images x (B, 3, H, W) and labels y (B,)."""
+        """One optimisation step on uint8 images x (B, 3, H, W), or their two crops (B, 2, 3, S, S) cut by
+        the loader, and labels y (B,)."""
         lr = warmup_cosine(self.step, self.total_steps, self.warmup_steps, self.peak_lr)
         set_lr(self.optimizer, lr)
         x = x.to(self.device, non_blocking=True)
         g = step_generator(self.cfg.train.seed, self.step, self.env.rank, self.device)
-        v1, v2 = self._layout(self.augment(x, g)), self._layout(self.augment(x, g))
+        if x.dim() == 5:
+            v1, v2 = (self._layout(self.augment(x[:, i], g, precropped=True)) for i in (0, 1))
+        else:
+            v1, v2 = self._layout(self.augment(x, g)), self._layout(self.augment(x, g))
         labels = y.to(self.device, non_blocking=True) if self.num_classes else None
         self.optimizer.zero_grad(set_to_none=True)
         out = self.forward_backward(v1, v2, labels)
@@ -331,9 +341,10 @@ class Trainer:
         bar = _progress(self.steps_per_epoch, start_step, f"epoch {epoch + 1}/{t.epochs}", t.progress and self.env.is_main)
         start, steps, known_bad = time.perf_counter(), 0, len(self.train_set.bad)
         bad_at_start = known_bad
-        for x, y, _ in self.batches.epoch(epoch, start_step):
+        for x, y, idx in self.batches.epoch(epoch, start_step):
             out = self.train_step(x, y)
             self.stats.add(out)
+            self.stats.images += len(idx)
             steps += 1
             stop, due = self._agree(self._signal is not None, self._checkpoint_due())
             if stop or due:  # the exact position, mid-epoch: a signal, or train.checkpoint_minutes elapsed
@@ -376,7 +387,8 @@ class Trainer:
         self.epoch, self.stats = epoch + 1, None
         rec = {"epoch": self.epoch, "step": self.step, "loss": loss, "contrastive_acc": all_reduce_mean(s.acc / s.n).item(),
                "lr": warmup_cosine(self.step - 1, self.total_steps, self.warmup_steps, self.peak_lr),
-               "epoch_time": elapsed, "images_per_sec": steps * self.cfg.train.batch_size / max(elapsed, 1e-9)}
+               "epoch_time": elapsed, "images_per_sec": steps * self.cfg.train.batch_size / max(elapsed, 1e-9),
+               "images": s.images * self.env.world_size}  # every rank takes the same number of images per step
         if self.skipped:
             rec["skipped_steps"] = self.skipped
         if self.num_classes:
@@ -398,6 +410,10 @@ RESUMABLE_CHANGES = {
     "monitor": {"knn_every", "knn_k", "knn_temperature", "knn_max_images"},
 }
 
+# Keys added after the first release whose default changed what a run computes: a saved config without
+# them ran with these values, so a resume with the new defaults is a conflict, not a silent switch.
+ADDED_KEYS = {"augment": {"convention": "torchvision"}, "loss": {"objective": "paper"}, "model": {"stage1_projection": False}}
+
 
 def data_fingerprint(ds: ImageSet) -> str:
     """A digest of what a dataset is, independent of where it lies: each image's name relative to its class
@@ -418,9 +434,14 @@ def resume_conflicts(saved: dict, current: dict) -> list[str]:
     out = []
     for section, keys in current.items():
         for name, value in keys.items():
-            if name in RESUMABLE_CHANGES.get(section, ()) or name not in saved.get(section, {}):
+            if name in RESUMABLE_CHANGES.get(section, ()):
                 continue
-            before = saved[section][name]
+            if name in saved.get(section, {}):
+                before = saved[section][name]
+            elif name in ADDED_KEYS.get(section, {}):
+                before = ADDED_KEYS[section][name]
+            else:
+                continue
             if isinstance(value, (list, tuple)):
                 value, before = list(value), list(before) if isinstance(before, (list, tuple)) else before
             if before != value:

@@ -1,0 +1,238 @@
+"""Crop geometry against independent references: a line-by-line Python transcription of TensorFlow's
+sample_distorted_bounding_box (core/kernels/image/sample_distorted_bounding_box_op.cc) as the official
+code calls it, the official evaluation crop (tf2/data_util.py ``_compute_crop_shape``/``center_crop``),
+and a full decode for the loader's reduced-scale decode."""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.stats import ks_2samp
+
+from simclr.config import AugmentConfig
+from simclr.data.crop import ViewCropper, center_box, official_boxes, sample_boxes, torchvision_boxes
+from simclr.data.decode import decode_image, to_tensor
+from simclr.data.errors import BadImageError
+
+PHOTOS = Path(__file__).resolve().parents[3] / "shared" / "data" / "photos"
+
+
+def _lrint(v: float) -> int:
+    return int(round(v))  # Python's round is half-to-even, as lrintf in the default rounding mode
+
+
+def _tf_generate_random_crop(W, H, min_area, max_area, ar, rng):
+    height = _lrint(math.sqrt(min_area / ar))
+    max_height = _lrint(math.sqrt(max_area / ar))
+    if _lrint(max_height * ar) > W:
+        max_height = int((W + 0.5 - 0.0000001) / ar)
+        if _lrint(max_height * ar) > W:
+            max_height -= 1
+    if max_height > H:
+        max_height = H
+    if height >= max_height:
+        height = max_height
+    if height < max_height:
+        height += rng.randrange(max_height - height + 1)
+    width = _lrint(height * ar)
+    area = width * height
+    if area < min_area:
+        height += 1
+        width = _lrint(height * ar)
+        area = width * height
+    if area > max_area:
+        height -= 1
+        width = _lrint(height * ar)
+        area = width * height
+    if area < min_area or area > max_area or width > W or height > H or width <= 0 or height <= 0:
+        return None
+    y = rng.randrange(H - height) if height < H else 0
+    x = rng.randrange(W - width) if width < W else 0
+    return x, y, width, height
+
+
+def tf_sample_distorted_bounding_box(H, W, rng, area=(0.08, 1.0), aspect=(3 / 4, 4 / 3), min_covered=0.1, attempts=100):
+    """One box (x, y, w, h) as TF draws it for the whole-image object box [0, 0, 1, 1]."""
+    min_area, max_area = area[0] * W * H, area[1] * W * H
+    for _ in range(attempts):
+        ar = rng.random() * (aspect[1] - aspect[0]) + aspect[0]
+        box = _tf_generate_random_crop(W, H, min_area, max_area, ar, rng)
+        if box is None:
+            continue
+        _, _, w, h = box
+        if w * h < 10:  # kMinArea
+            continue
+        if w * h / (W * H) >= min_covered:  # coverage of the whole-image object box
+            return box
+    return 0, 0, W, H
+
+
+@pytest.mark.parametrize("H,W", [(224, 224), (375, 500), (500, 333), (32, 32)])
+def test_official_sampler_matches_tf_in_distribution(H, W):
+    n = 20_000
+    rng = random.Random(1)
+    ref = np.array([tf_sample_distorted_bounding_box(H, W, rng) for _ in range(n)], dtype=np.float64)
+    ours = official_boxes(n, H, W, torch.Generator().manual_seed(2)).numpy()
+    for boxes in (ref, ours):
+        assert (boxes[:, 0] >= 0).all() and (boxes[:, 0] + boxes[:, 2] <= W).all()
+        assert (boxes[:, 1] >= 0).all() and (boxes[:, 1] + boxes[:, 3] <= H).all()
+    area = lambda b: b[:, 2] * b[:, 3] / (H * W)  # noqa: E731
+    aspect = lambda b: b[:, 2] / b[:, 3]  # noqa: E731
+    assert ks_2samp(area(ref), area(ours)).statistic < 0.02
+    assert ks_2samp(aspect(ref), aspect(ours)).statistic < 0.02
+    # positions too: the offset never lets a partial crop touch the far edge
+    assert ks_2samp(ref[:, 0] / W, ours[:, 0] / W).statistic < 0.02
+    assert area(ours).min() >= 0.1 - 1e-9  # min_object_covered
+    if (H, W) == (224, 224):
+        assert abs(area(ours).mean() - 0.42) < 0.01  # the issue's figure for the official sampler
+
+
+def test_official_and_torchvision_samplers_differ_as_documented():
+    g = torch.Generator().manual_seed(0)
+    off = official_boxes(20_000, 224, 224, g)
+    tv = torchvision_boxes(20_000, 224, 224, g)
+    a_off, a_tv = off[:, 2] * off[:, 3] / 224**2, tv[:, 2] * tv[:, 3] / 224**2
+    assert a_off.mean() < 0.44 < 0.46 < a_tv.mean() < 0.56
+    assert (a_tv < 0.1).float().mean() > 0.015 and (a_off < 0.1).sum() == 0
+
+
+def test_torchvision_sampler_follows_its_ranges():
+    boxes = torchvision_boxes(5000, 100, 100, torch.Generator().manual_seed(0))
+    area = boxes[:, 2] * boxes[:, 3] / 1e4
+    ratio = boxes[:, 2] / boxes[:, 3]
+    assert area.min() >= 0.07 and area.max() <= 1.0
+    assert ratio.min() >= 0.70 and ratio.max() <= 1.40
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 0] + boxes[:, 2] <= 100).all()
+    assert (boxes[:, 1] >= 0).all() and (boxes[:, 1] + boxes[:, 3] <= 100).all()
+    assert 0.45 < area.mean().item() < 0.62  # uniform in [0.08, 1] has mean 0.54
+
+
+def test_no_crop_is_the_whole_image_for_every_view():
+    boxes = sample_boxes(3, 30, 40, AugmentConfig(crop=False))
+    assert boxes.tolist() == [[0, 0, 40, 30]] * 3
+
+
+def _tf_center_crop_box(H, W, crop_proportion, out_h=1, out_w=1):
+    """tf2/data_util.py center_crop for an (out_h, out_w) output: (offset_h, offset_w, crop_h, crop_w)."""
+    aspect_ratio = out_h / out_w  # the official passes height / width
+    if aspect_ratio > W / H:
+        crop_h = int(np.rint(crop_proportion / aspect_ratio * W))
+        crop_w = int(np.rint(crop_proportion * W))
+    else:
+        crop_h = int(np.rint(crop_proportion * H))
+        crop_w = int(np.rint(crop_proportion * aspect_ratio * H))
+    return ((H - crop_h) + 1) // 2, ((W - crop_w) + 1) // 2, crop_h, crop_w
+
+
+@pytest.mark.parametrize("H,W", [(256, 256), (375, 500), (500, 375), (333, 500), (97, 130), (32, 32), (7, 9)])
+@pytest.mark.parametrize("fraction", [0.875, 1.0, 0.5])
+def test_center_box_is_the_official_formula(H, W, fraction):
+    assert center_box(H, W, fraction) == _tf_center_crop_box(H, W, fraction)
+
+
+def test_center_resize_is_crop_then_bicubic():
+    from simclr.data.augment import center_resize
+
+    x = torch.rand(2, 3, 300, 400)
+    top, left, ch, cw = _tf_center_crop_box(300, 400, 0.875)
+    ref = torch.nn.functional.interpolate(x[:, :, top : top + ch, left : left + cw], size=(64, 64), mode="bicubic",
+                                          align_corners=False, antialias=True).clamp(0, 1)
+    assert torch.allclose(center_resize(x, 64, 0.875), ref, atol=1e-5)
+    # the whole-square view is what fraction 1 gives: 256 -> 224 resize of the centre square
+    assert not torch.allclose(center_resize(x, 64, 1.0), ref, atol=1e-2)
+
+
+# -- the loader's two views from the full frame ---------------------------------------------
+
+
+def _photo(w: int, h: int, seed: int = 0) -> bytes:
+    """A JPEG with detail at every scale (smooth gradients plus noise), as photos have."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([(xx / w * 255), (yy / h * 255), ((xx + yy) % 97) * 2.6], -1)
+    img = np.clip(base + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
+def _full_decode_views(src, boxes, size):
+    im = decode_image(io.BytesIO(src) if isinstance(src, bytes) else src)
+    return torch.stack([to_tensor(im.resize((size, size), Image.BICUBIC, box=(x, y, x + w, y + h), reducing_gap=None))
+                        for x, y, w, h in boxes.tolist()])
+
+
+def test_reduced_scale_decode_matches_full_decode():
+    src = _photo(1600, 1200)
+    cropper = ViewCropper(96)
+    reduced_used = 0
+    for seed in range(40):
+        boxes = cropper.boxes(1200, 1600, torch.Generator().manual_seed(seed))
+        views = cropper(src, torch.Generator().manual_seed(seed))
+        assert views.shape == (2, 3, 96, 96) and views.dtype == torch.uint8
+        ref = _full_decode_views(src, boxes, 96)
+        mad = (views.float() - ref.float()).abs().mean().item() / 255
+        assert mad < 0.02, (seed, mad)
+        reduced_used += bool((boxes[:, 2:].min() / 96).item() >= 2)
+    assert reduced_used > 20  # the reduced path was exercised, not just the full one
+
+
+@pytest.mark.skipif(not PHOTOS.is_dir(), reason="../shared/data/photos is absent")
+def test_reduced_scale_decode_matches_full_decode_on_real_photos():
+    files = sorted(PHOTOS.glob("*.jpg"))[::12]
+    cropper, full = ViewCropper(64), ViewCropper(64, reduced_decode=False)
+    mads = []
+    for i, f in enumerate(files):
+        a = cropper(f, torch.Generator().manual_seed(i)).float()
+        b = full(f, torch.Generator().manual_seed(i)).float()
+        mads.append((a - b).abs().mean().item() / 255)
+    assert max(mads) < 0.02, max(mads)
+
+
+def test_views_cover_the_whole_frame_of_a_wide_image():
+    """Red bands at the left and right edges of a 400x300 photo appear in views (a centre square never shows them)."""
+    img = np.full((300, 400, 3), 128, np.uint8)
+    img[:, :30] = img[:, -30:] = (255, 0, 0)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=95)
+    cropper = ViewCropper(64)
+    hits = 0
+    for seed in range(200):
+        v = cropper(buf.getvalue(), torch.Generator().manual_seed(seed)).int()
+        red = (v[:, 0] > 200) & (v[:, 1] < 60) & (v[:, 2] < 60)
+        hits += int(red.flatten(1).any(1).sum())
+    assert hits / 400 > 0.2
+
+
+def test_exif_rotated_photo_is_cropped_as_shown():
+    """A portrait stored as landscape with EXIF orientation 6: boxes are drawn in the shown frame."""
+    stored = np.zeros((100, 200, 3), np.uint8)
+    stored[:, :100] = 255  # left half white in the stored frame -> top half after rotating 90 degrees clockwise
+    im = Image.fromarray(stored)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=95, exif=exif)
+    cropper = ViewCropper(32, AugmentConfig(crop=False))
+    v = cropper(buf.getvalue()).float()
+    assert v[0, :, :12].mean() > 200 and v[0, :, -12:].mean() < 50  # top white, bottom black, as shown
+
+
+def test_bad_input_is_bad_image_error(tmp_path):
+    cropper = ViewCropper(32)
+    with pytest.raises(BadImageError, match="empty"):
+        cropper(b"")
+    with pytest.raises(BadImageError):
+        cropper(b"not an image at all")
+    src = _photo(200, 150)
+    with pytest.raises(BadImageError):
+        cropper(src[: len(src) // 2])  # truncated after a valid header
+    with pytest.raises(BadImageError, match="not found"):
+        cropper(tmp_path / "missing.jpg")
