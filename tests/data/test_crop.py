@@ -236,3 +236,12 @@ def test_bad_input_is_bad_image_error(tmp_path):
         cropper(src[: len(src) // 2])  # truncated after a valid header
     with pytest.raises(BadImageError, match="not found"):
         cropper(tmp_path / "missing.jpg")
+
+
+def test_full_scale_views_equal_pillow_bicubic_within_one_level():
+    src = _photo(500, 375, seed=3)
+    cropper = ViewCropper(112, reduced_decode=False)
+    for seed in range(10):
+        boxes = cropper.boxes(375, 500, torch.Generator().manual_seed(seed))
+        diff = (cropper(src, torch.Generator().manual_seed(seed)).int() - _full_decode_views(src, boxes, 112).int()).abs()
+        assert diff.max() <= 2 and diff.float().mean() < 0.05

@@ -248,6 +248,13 @@ class SimCLRAugment:
         xi = F.conv2d(xi, k.view(n * c, 1, -1, 1), groups=n * c)
         return x.index_copy(0, idx, xi.view(n, c, h, w))
 
+    def views(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two training views (each (B, 3, S, S) float32 in [0, 1]) of a batch as the loader gives it:
+        images x (B, 3, H, W), or their two crops (B, 2, 3, S, S) cut from the full frame by ``ViewCropper``."""
+        if x.dim() == 5:
+            return self(x[:, 0], generator, precropped=True), self(x[:, 1], generator, precropped=True)
+        return self(x, generator), self(x, generator)
+
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None, precropped: bool = False) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a batch of shape (B, 3, H, W), got {tuple(x.shape)}")

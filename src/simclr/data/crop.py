@@ -20,7 +20,7 @@ Large streamed images are not squashed to a square before cropping (that would h
 non-square photo from every view): ``ViewCropper`` draws both views' boxes over the whole frame, decodes
 the file once at the smallest JPEG scale that still gives each crop at least the training size
 (libjpeg's DCT scaling through Pillow's ``draft``: 1/2, 1/4 or 1/8 of the pixels to decode), and cuts
-and resizes each view with Pillow's antialiased bicubic filter. Flip, colour, grayscale and blur stay
+and resizes each view with an antialiased bicubic filter (torch's uint8 kernel, Pillow's to one level). Flip, colour, grayscale and blur stay
 batched on the device (``SimCLRAugment(..., precropped=True)``).
 """
 
@@ -30,7 +30,9 @@ import io
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from simclr.config import AugmentConfig, DataConfig
@@ -180,8 +182,15 @@ class ViewCropper:
                         fx, fy = fx / W, fy / H
             rgb = decode_opened(im)
         s = self.size
+        if (fx, fy) != (1.0, 1.0):
+            # Decoded at a reduced scale: the boxes have fractional corners there, which Pillow's resize takes.
+            return torch.stack([to_tensor(rgb.resize((s, s), Image.BICUBIC, box=(x0 * fx, y0 * fy, (x0 + w) * fx, (y0 + h) * fy),
+                                                     reducing_gap=None)) for x0, y0, w, h in boxes.tolist()])
+        # Whole pixels: (1, 3, H, W) over the decoded HWC pixels is channels-last, which torch's uint8
+        # antialiased bicubic resize handles about 3x faster than Pillow (same a = -0.5 kernel, within a level).
+        frame = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0)
         views = []
-        for x0, y0, w, h in boxes.tolist():
-            box = (x0 * fx, y0 * fy, (x0 + w) * fx, (y0 + h) * fy)
-            views.append(to_tensor(rgb.resize((s, s), Image.BICUBIC, box=box, reducing_gap=None)))
-        return torch.stack(views)
+        for x0, y0, w, h in boxes.long().tolist():
+            crop = frame[:, :, y0 : y0 + h, x0 : x0 + w]
+            views.append(F.interpolate(crop, size=(s, s), mode="bicubic", antialias=True, align_corners=False))
+        return torch.cat(views).contiguous()

@@ -194,10 +194,7 @@ class Trainer:
         set_lr(self.optimizer, lr)
         x = x.to(self.device, non_blocking=True)
         g = step_generator(self.cfg.train.seed, self.step, self.env.rank, self.device)
-        if x.dim() == 5:
-            v1, v2 = (self._layout(self.augment(x[:, i], g, precropped=True)) for i in (0, 1))
-        else:
-            v1, v2 = self._layout(self.augment(x, g)), self._layout(self.augment(x, g))
+        v1, v2 = (self._layout(v) for v in self.augment.views(x, g))
         labels = y.to(self.device, non_blocking=True) if self.num_classes else None
         self.optimizer.zero_grad(set_to_none=True)
         out = self.forward_backward(v1, v2, labels)
