@@ -126,3 +126,73 @@ def test_center_resize():
 def test_invalid_settings(kwargs):
     with pytest.raises(ValueError):
         SimCLRAugment(32, **kwargs)
+
+
+# -- the official convention's pieces, against float64 transcriptions ------------------------
+
+
+def test_official_saturation_is_tf_adjust_saturation():
+    """tf.image.adjust_saturation: to HSV, S times the factor, clip to [0, 1], back (colorsys as the reference)."""
+    import colorsys
+
+    from simclr.data.augment import adjust_saturation_hsv
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 6, 7, generator=g)
+    x[0, :, 0, 0] = torch.tensor([0.3, 0.3, 0.3])  # a grey pixel: S = 0 stays 0
+    factors = torch.tensor([0.2, 1.0, 1.8, 0.0])
+    ours = adjust_saturation_hsv(x, factors).double()
+    ref = torch.empty_like(ours)
+    for b in range(4):
+        for i in range(6):
+            for j in range(7):
+                h, s, v = colorsys.rgb_to_hsv(*x[b, :, i, j].double().tolist())
+                ref[b, :, i, j] = torch.tensor(colorsys.hsv_to_rgb(h, min(1.0, max(0.0, s * factors[b].item())), v))
+    assert (ours - ref).abs().max() < 1e-5
+    # the blend of the torchvision convention is another operation (up to ~0.6 apart on saturated colours)
+    blend = SimCLRAugment(7, convention="torchvision")
+    assert blend.official is False and SimCLRAugment(7).official is True
+
+
+def test_official_blur_zero_pads_with_one_sigma_per_batch():
+    """batch_random_blur: one sigma for the batch, depthwise 'SAME' convolution (zeros outside), kernel side//10."""
+    size = 40
+    x = torch.rand(6, 3, size, size, generator=torch.Generator().manual_seed(1))
+    aug = SimCLRAugment(size, crop=False, flip_p=0.0, color_p=0.0, gray_p=0.0, blur_p=1.0)
+    out = aug(x, torch.Generator().manual_seed(5))
+    # the draws, in the order the augmentation makes them: the flip, the blur switch, then one sigma
+    g = torch.Generator().manual_seed(5)
+    torch.rand(6, generator=g)  # flip
+    torch.rand(6, generator=g)  # blur on/off
+    sigma = torch.rand(1, generator=g).item() * 1.9 + 0.1
+    radius = (size // 10) // 2
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-taps**2 / (2 * sigma**2))
+    k = k / k.sum()
+    xd = x.double()
+    ref = torch.zeros_like(xd)
+    padded = torch.nn.functional.pad(xd, (radius,) * 4)  # zeros
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            ref += k[dy] * k[dx] * padded[:, :, dy : dy + size, dx : dx + size]
+    assert (out.double() - ref).abs().max() < 1e-5
+    # the border darkens (zeros come in), as in the official code; reflect padding would not
+    flat = torch.full((1, 3, size, size), 0.5)
+    edge = aug(flat, torch.Generator().manual_seed(5))
+    assert edge[0, :, 0, 0].max() < 0.45 and torch.allclose(edge[0, :, size // 2, size // 2], torch.tensor(0.5))
+    tv = SimCLRAugment(size, crop=False, flip_p=0.0, color_p=0.0, gray_p=0.0, blur_p=1.0, convention="torchvision")
+    assert torch.allclose(tv(flat, torch.Generator().manual_seed(5)), flat, atol=1e-6)
+
+
+def test_precropped_views_are_only_flipped_and_coloured():
+    x = torch.randint(0, 256, (8, 3, 12, 12), dtype=torch.uint8)
+    aug = SimCLRAugment(12, color_p=0.0, gray_p=0.0, blur_p=0.0)
+    out = aug(x, torch.Generator().manual_seed(0), precropped=True)
+    ref = x.float() / 255
+    same = (out - ref).abs().flatten(1).amax(1) < 1e-6
+    flipped = (out - ref.flip(-1)).abs().flatten(1).amax(1) < 1e-6
+    assert (same | flipped).all() and flipped.any() and same.any()
+    with pytest.raises(ValueError, match="12x12"):
+        aug(torch.zeros(2, 3, 10, 12), precropped=True)
+    v1, v2 = aug.views(torch.stack((x, x.flip(-1)), 1), torch.Generator().manual_seed(0))
+    assert v1.shape == v2.shape == (8, 3, 12, 12)

@@ -247,3 +247,23 @@ def test_full_scale_views_equal_pillow_bicubic_within_one_level():
         # Pillow's filter reads pixels just outside the box; the crop-then-resize does not: edges differ a little
         inner = diff[..., 2:-2, 2:-2]
         assert inner.max() <= 2 and diff.float().mean() < 0.1, (inner.max(), diff.float().mean())
+
+
+def test_streamed_batches_of_views_are_a_pure_function_of_seed_epoch_and_position(tmp_path):
+    """Exact resume for full-frame crops: a mid-epoch start yields the same views as the uninterrupted epoch,
+    with or without worker processes; another epoch cuts other views."""
+    from simclr.config import DataConfig
+    from simclr.data import Batches, load_dataset
+
+    for i in range(12):
+        (tmp_path / f"{i:02d}.jpg").write_bytes(_photo(160 + 8 * i, 120, seed=i))
+    ds = load_dataset(str(tmp_path), DataConfig(image_size=32))
+    assert ds.streamed
+    cropper = ViewCropper(32, AugmentConfig(), ds.max_pixels)
+    full = [x for x, _, _ in Batches(ds, 4, seed=3, num_workers=0, cropper=cropper).epoch(1)]
+    assert all(x.shape == (4, 2, 3, 32, 32) and x.dtype == torch.uint8 for x in full)
+    tail = [x for x, _, _ in Batches(ds, 4, seed=3, num_workers=2, cropper=cropper).epoch(1, start_step=1)]
+    assert len(tail) == 2 and all(torch.equal(a, b) for a, b in zip(full[1:], tail))
+    other = [x for x, _, _ in Batches(ds, 4, seed=3, num_workers=0, cropper=cropper).epoch(2)]
+    assert not any(torch.equal(a, b) for a in full for b in other)
+    assert not torch.equal(full[0][:, 0], full[0][:, 1])  # the two views of an image differ

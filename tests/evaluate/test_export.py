@@ -65,3 +65,16 @@ def test_resnet_from_state_dict_identifies_architectures():
     with pytest.raises(ValueError, match="no ResNet"):
         sd = resnet18().state_dict()
         resnet_from_state_dict({k: v for k, v in sd.items() if not k.startswith("layer4.1")})
+
+
+def test_torchvision_export_refuses_the_official_stage1_layout(tmp_path):
+    """torchvision's resnet18 has no layer1.0.downsample: such a file would not load there, so none is written."""
+    from simclr.config import ConfigError
+    from simclr.evaluate.export import export_encoder
+    from simclr.model.resnet import build_encoder
+
+    with pytest.raises(ConfigError, match="stage-1 projection"):
+        export_encoder(build_encoder("resnet18", width=0.125, stage1_projection=True), "torchvision", tmp_path / "e.pth", 32)
+    assert not (tmp_path / "e.pth").exists()
+    export_encoder(build_encoder("resnet18", width=0.125, stage1_projection=True), "safetensors", tmp_path / "e.safetensors", 32)
+    assert (tmp_path / "e.safetensors").is_file()

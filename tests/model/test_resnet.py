@@ -151,3 +151,27 @@ def test_strided_conv1x1_equals_a_strided_conv():
         torch.testing.assert_close(x.grad, x2.grad, rtol=0, atol=1e-12)
         torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=0, atol=1e-12)
         ours.zero_grad(), ref.zero_grad()
+
+
+def test_stage1_projection_is_the_official_basic_block_layout():
+    """tf2/resnet.py gives the first block of every stage a projection shortcut; torchvision's ResNet-18/34 do
+    not in stage 1. The flag adds exactly one 1x1 conv + BN there and changes nothing for bottlenecks."""
+    from simclr.model.resnet import resnet_from_state_dict
+
+    plain, official = build_encoder("resnet18"), build_encoder("resnet18", stage1_projection=True)
+    extra = set(official.state_dict()) - set(plain.state_dict())
+    assert extra == {f"layer1.0.downsample.{k}" for k in ("0.weight", "1.weight", "1.bias", "1.running_mean",
+                                                          "1.running_var", "1.num_batches_tracked")}
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(official) - n(plain) == 64 * 64 + 2 * 64
+    assert set(build_encoder("resnet50", stage1_projection=True).state_dict()) == set(build_encoder("resnet50").state_dict())
+    # the shortcut is used: zeroing its conv changes the output
+    x = torch.rand(2, 3, 32, 32)
+    official.eval()
+    before = official(x)
+    with torch.no_grad():
+        official.layer1[0].downsample[0].weight.zero_()
+    assert not torch.allclose(before, official(x))
+    # a state_dict with the shortcut rebuilds the official layout
+    rebuilt = resnet_from_state_dict(official.state_dict())
+    assert rebuilt.stage1_projection and not resnet_from_state_dict(plain.state_dict()).stage1_projection

@@ -485,3 +485,21 @@ def test_resume_on_other_images_of_the_same_count_is_refused(tmp_path, capsys):
     assert main(["pretrain", "--data", str(b), *common, "--epochs", "2", "--out", str(run), "--resume"]) == 2
     assert "holds other images" in _one_line_error(capsys)
     assert main(["pretrain", "--data", str(moved), *common, "--epochs", "2", "--out", str(run), "--resume"]) == 0  # moved: fine
+
+
+def test_a_first_release_run_resumes_only_with_its_own_conventions(tmp_path, capsys):
+    """Runs saved before augment.convention, loss.objective and model.stage1_projection existed ran the
+    torchvision convention and the paper's L: resuming one with today's defaults would switch silently."""
+    from simclr.checkpoint import load_checkpoint, save_checkpoint
+
+    run = tmp_path / "run"
+    old = ["--augment.convention", "torchvision", "--loss.objective", "paper"]
+    assert main(["pretrain", *TINY, "--epochs", "1", "--out", str(run), *old]) == 0
+    state = load_checkpoint(run / "checkpoint.pt")
+    for section, name in (("augment", "convention"), ("loss", "objective"), ("model", "stage1_projection")):
+        del state["config"][section][name]
+    save_checkpoint(state, run / "checkpoint.pt")
+    capsys.readouterr()
+    assert main(["pretrain", *TINY, "--epochs", "2", "--out", str(run), "--resume"]) == 2
+    assert "augment.convention was 'torchvision', this command has 'official'" in _one_line_error(capsys)
+    assert main(["pretrain", *TINY, "--epochs", "2", "--out", str(run), "--resume", *old]) == 0
