@@ -145,6 +145,8 @@ def test_signal_mid_epoch_saves_the_exact_position_and_resume_is_identical(tmp_p
     resumed.train.resume = True
     pretrain(resumed, log=lambda *_: None)
     assert (tmp_path / "run" / "encoder.safetensors").read_bytes() == (tmp_path / "ref" / "encoder.safetensors").read_bytes()
+    images = lambda run: [json.loads(x)["images"] for x in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert images(tmp_path / "run") == images(tmp_path / "ref") == [64, 64, 64]  # the interrupted epoch counts all its images
     la = [json.loads(x)["loss"] for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
     lb = [json.loads(x)["loss"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert la == lb

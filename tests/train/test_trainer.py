@@ -44,6 +44,8 @@ def test_resumed_run_equals_uninterrupted(tmp_path):
     lb = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lb] == [1, 2, 3, 4]
     assert [r["loss"] for r in la] == [r["loss"] for r in lb]
+    n = len(synthetic_images(_cfg(tmp_path / "c").data.synthetic_train, 1, 16))
+    assert [r["images"] for r in lb] == [r["images"] for r in la] == [n - n % _cfg(tmp_path / "c").train.batch_size] * 4
 
 
 def test_lr_follows_warmup_and_cosine(tmp_path):
