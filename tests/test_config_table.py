@@ -18,6 +18,7 @@ REQUIRED = {
     "embed": ["--checkpoint", "CKPT", "--data", "synthetic", "--out", "OUT"],
     "export": ["--checkpoint", "CKPT", "--out", "OUT"],
     "analyze": ["--checkpoint", "CKPT", "--data", "synthetic", "--out", "OUT"],
+    "views": ["--data", "synthetic", "--out", "OUT"],
 }
 PROBES = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf"), "-1": -1, "0": 0, "1e300": 1e300}
 

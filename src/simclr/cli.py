@@ -6,6 +6,7 @@
     simclr embed --checkpoint RUN --data P --out DIR [--projection]
     simclr export --checkpoint RUN --format safetensors|torchvision|onnx --out FILE
     simclr analyze (--checkpoint RUN | --random-init ...) --data P --out DIR
+    simclr views --data P --out DIR [--n 64] [--config RECIPE.yaml] [any pretrain key]
     simclr config [COMMAND]      every key of a command, its default and what it does
     simclr demo [--out DIR]
 
@@ -42,6 +43,9 @@ FLAGS: dict[str, dict[str, str]] = {
     "export": {"checkpoint": "encoder.checkpoint", "format": "export.format", "out": "eval.out", "device": "eval.device"},
     "analyze": {**_ENCODER, **_EVAL, "data": "data.path", "max-images": "analyze.max_images"},
 }
+# views takes pretrain's flags (a pretrain command line works as it is) except those about the run folder.
+FLAGS["views"] = {**{f: k for f, k in FLAGS["pretrain"].items() if f not in ("out", "resume", "overwrite")},
+                  "out": "views.out", "n": "views.n", "rows": "views.rows", "json": "views.json"}
 SWITCHES = {"random-init", "json", "resume", "overwrite", "strict", "projection"}
 HELP = {
     "pretrain": "SimCLR pretraining",
@@ -51,6 +55,7 @@ HELP = {
     "embed": "write the representation of every image (embeddings.npy + index.csv)",
     "export": "export the encoder alone",
     "analyze": "alignment, uniformity, rank, collapse check, t-SNE map, neighbours",
+    "views": "the training views of the first images of epoch 0 (views.png, views.npy), exactly as pretrain computes them",
 }
 
 
@@ -95,8 +100,15 @@ def _pairs(rest: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def _configs() -> dict[str, type]:
+    """The config class of every command that has one."""
+    from simclr.config import COMMAND_CONFIGS
+
+    return COMMAND_CONFIGS
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from simclr.config import COMMAND_CONFIGS, key_help
+    from simclr.config import key_help
 
     parser = _Parser(prog="simclr", description="SimCLR: contrastive self-supervised learning of visual representations")
     parser.add_argument("--version", action="version", version=f"simclr {_version()}")
@@ -106,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description=f"{HELP[command]}. Any key of `simclr config {command}` can be given as "
                                        "--section.key VALUE; the flags below are short names of keys.")
         p.add_argument("--config", help="YAML file of keys (see configs/ and `simclr config " + command + "`)")
-        cls = COMMAND_CONFIGS[command]
+        cls = _configs()[command]
         for flag, dotted in flags.items():
             name = dotted.split(".")[1]
             helptext = f"{key_help(cls, dotted)} ({dotted})"
@@ -134,13 +146,12 @@ def _version() -> str:
 def _command_config(command: str, args: argparse.Namespace, rest: list[str]):
     """The command's typed config: defaults <- --config FILE <- short flags <- --section.key VALUE."""
     from simclr.config import (
-        COMMAND_CONFIGS,
         apply_overrides,
         config_from_flat,
         load_config,
     )
 
-    cls = COMMAND_CONFIGS[command]
+    cls = _configs()[command]
     cfg = load_config(args.config, cls=cls) if args.config else cls()
     flat = {dotted: v for dotted in FLAGS[command].values() if (v := getattr(args, dotted, None)) is not None}
     cfg = config_from_flat(flat, cfg)
@@ -209,8 +220,17 @@ def _analyze(cfg) -> int:
     return 0
 
 
+def _views(cfg) -> int:
+    from simclr.views import write_views
+
+    res = write_views(cfg, cfg.views.out, cfg.views.n, rows=cfg.views.rows)
+    if cfg.views.json:
+        print(json.dumps(res))
+    return 0
+
+
 RUNNERS = {"pretrain": _pretrain, "knn": _knn, "linear": _linear, "finetune": _finetune, "embed": _embed,
-           "export": _export, "analyze": _analyze}
+           "export": _export, "analyze": _analyze, "views": _views}
 
 
 def _demo(args) -> int:
@@ -223,9 +243,9 @@ def _demo(args) -> int:
 def _config(args) -> int:
     import yaml
 
-    from simclr.config import COMMAND_CONFIGS, config_to_dict, describe, load_config
+    from simclr.config import config_to_dict, describe, load_config
 
-    cls = COMMAND_CONFIGS[args.for_command]
+    cls = _configs()[args.for_command]
     if args.config:
         print(yaml.safe_dump(config_to_dict(load_config(args.config, cls=cls)), sort_keys=False), end="")
     else:

@@ -51,6 +51,8 @@ __all__ = [
     "EmbedConfig",
     "ExportConfig",
     "AnalyzeConfig",
+    "ViewsSettings",
+    "ViewsConfig",
     "COMMAND_CONFIGS",
     "small_images",
     "default_image_size",
@@ -374,6 +376,33 @@ class AnalyzeConfig:
     analyze: AnalyzeSettings = field(default_factory=AnalyzeSettings)
 
 
+# -- tools -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ViewsSettings:
+    out: str = key("", "output folder: views.png (original | view 1 | view 2) and views.npy (uint8 (n, 2, 3, S, S))")
+    n: int = key(64, "images: the first n of epoch 0's order (more than epoch 0 holds: all of them)", lo=1, hi=BIG)
+    rows: int = key(32, "rows drawn in views.png (views.npy holds all n)", lo=1, hi=1024)
+    json: bool = key(False, "end with one JSON line on stdout")
+
+
+@dataclass
+class ViewsConfig:
+    """``simclr views``: the two training views of the first images of epoch 0, exactly as pretrain computes them
+    (every pretrain key, so a recipe gives the views its run will see, plus where to write them)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    views: ViewsSettings = field(default_factory=ViewsSettings)
+
+
 COMMAND_CONFIGS: dict[str, type] = {
     "pretrain": Config,
     "knn": KnnConfig,
@@ -382,6 +411,7 @@ COMMAND_CONFIGS: dict[str, type] = {
     "embed": EmbedConfig,
     "export": ExportConfig,
     "analyze": AnalyzeConfig,
+    "views": ViewsConfig,
 }
 
 # Values the first release wrote for "auto"; old recipes and run folders still load.
@@ -764,6 +794,11 @@ def _cross_checks(cfg) -> list[str]:
         errs.append("--data is required")
     if isinstance(cfg, (EmbedConfig, ExportConfig, AnalyzeConfig)) and not cfg.eval.out:
         errs.append("--out is required")
+    if isinstance(cfg, ViewsConfig):
+        if not cfg.data.path:
+            errs.append("--data is required")
+        if not cfg.views.out:
+            errs.append("--out is required (a folder for views.png and views.npy)")
     if isinstance(cfg, FinetuneConfig) and cfg.finetune.from_head_layer and not cfg.encoder.checkpoint:
         errs.append("--from-head-layer needs --checkpoint (a random head has nothing to offer)")
     return errs
