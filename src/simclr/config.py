@@ -125,8 +125,9 @@ KNN_TEMPERATURE = 0.1
 
 @dataclass
 class DataConfig:
-    path: str = key("", "image folder (class subfolders or flat), or cifar10 / cifar100 / stl10 / synthetic, optionally "
-                                ":test (stl10 also :unlabeled, :train+unlabeled)")
+    path: str = key("", "image folder (class subfolders or flat), WebDataset .tar shards (a file, a brace "
+                                "pattern such as train-{000000..000031}.tar, several joined by '::', or a folder of .tar files), "
+                                "or cifar10 / cifar100 / stl10 / synthetic, optionally :test (stl10 also :unlabeled, :train+unlabeled)")
     data_dir: str = key("", "where CIFAR and STL-10 archives are cached or downloaded; empty = $SIMCLR_DATA_DIR or ~/.cache/simclr")
     val_path: str = key("", "labelled held-out images: the kNN monitor's queries (pretrain), the test set (evaluation)")
     image_size: int | None = key(None, "training/evaluation side in pixels; auto: native side of small images, else 224 "

@@ -9,9 +9,9 @@ writes
     DIR/views.png   one row per image (at most ``rows``): the original | view 1 | view 2
 
 The views come from the training code path itself, not from a re-implementation: the data is loaded
-and the auto keys resolved by ``simclr.train.pretrain.load_training_data``; epoch 0's batches come from
-``simclr.data.Batches`` at the training batch size, with the loader-side ``ViewCropper`` for streamed
-(large) images, as the Trainer builds them; and step k's views are ``SimCLRAugment.views`` drawn with
+and the auto keys resolved by ``simclr.train.pretrain.load_training_data``; the augmentation and epoch 0's
+batches come from ``simclr.train.trainer.training_input`` at the training batch size (the Trainer's own
+builder: ``Batches`` with the loader-side ``ViewCropper`` for streamed images); and step k's views are ``SimCLRAugment.views`` drawn with
 ``simclr.runtime.step_generator(seed, k, rank 0, device)``. So with the same config (seed, batch size,
 device) the views of image i are the ones a single-process ``simclr pretrain`` feeds the model at step
 i // batch_size. More images than epoch 0's full batches hold are cut to those, with a note.
@@ -35,12 +35,11 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from simclr.checkpoint import atomic_write
 from simclr.config import Config, ConfigError, ViewsConfig, validate
-from simclr.data import Batches, ImageSet
-from simclr.data.augment import SimCLRAugment
-from simclr.data.crop import ViewCropper
+from simclr.data import ImageSet
 from simclr.data.decode import decode_opened, open_image
 from simclr.data.errors import DataError, printable
 from simclr.runtime import pick_device, step_generator
+from simclr.train.trainer import training_input
 
 __all__ = ["write_views", "training_views", "pretrain_config", "to_uint8", "compose", "MAX_ROWS"]
 
@@ -66,14 +65,12 @@ def training_views(cfg: Config, train: ImageSet, n: int):
 
     ``cfg`` is a resolved, validated pretraining config (``load_training_data``). Returns (uint8 views
     (n', 2, 3, S, S) on the CPU, dataset indices (n',), steps used) with n' = min(n, images in epoch 0's
-    full batches). Same pieces as ``Trainer`` in a single process: ``Batches`` at ``train.batch_size``
-    (with ``ViewCropper`` for streamed sets), ``SimCLRAugment.views`` with ``step_generator(seed, step, 0, device)``.
+    full batches). Same pieces as ``Trainer`` in a single process: ``training_input`` at ``train.batch_size``,
+    ``SimCLRAugment.views`` with ``step_generator(seed, step, 0, device)``.
     """
-    t, size = cfg.train, cfg.data.image_size
+    t = cfg.train
     device = pick_device(t.device)
-    augment = SimCLRAugment.from_config(cfg.augment, size)
-    cropper = ViewCropper(size, augment.cfg, train.max_pixels) if train.streamed else None
-    batches = Batches(train, t.batch_size, t.seed, num_workers=cfg.data.num_workers, strict=cfg.data.strict, cropper=cropper)
+    augment, batches = training_input(cfg, train, t.batch_size)
     n = min(n, len(batches) * t.batch_size)
     views: list[torch.Tensor] = []
     index: list[torch.Tensor] = []
@@ -165,7 +162,7 @@ def _original(train: ImageSet, i: int, tile: int) -> Image.Image:
     if not train.streamed:
         return _fit_tile(Image.fromarray(train.images[i].permute(1, 2, 0).numpy()), tile)
     try:
-        with open_image(train.paths[i], train.max_pixels) as im:
+        with open_image(train.source(i), train.max_pixels) as im:
             im.draft("RGB", (tile, tile))  # JPEG: decode at a reduced scale that still covers the tile
             return _fit_tile(decode_opened(im), tile)
     except DataError:  # the file broke since its views were cut: an empty tile, not a failed command

@@ -1,4 +1,4 @@
-"""Datasets: image folders, the official CIFAR and STL-10 archives, and a built-in synthetic set.
+"""Datasets: image folders, WebDataset tar shards, the official CIFAR and STL-10 archives, and a built-in synthetic set.
 
 Loading only decodes: images come out as uint8 tensors (B, 3, H, W) and every random transform
 happens on the training device. Small images (CIFAR, STL-10 sized) are decoded once into memory
@@ -7,15 +7,18 @@ tensor; large images are streamed through DataLoader workers, each resized (shor
 centre-cropped to a fixed load size slightly larger than the training size so that batches stack
 and the random resized crop on the device still sees (almost) the whole image.
 
-A dataset spec is a folder path, or ``cifar10``, ``cifar100``, ``stl10``, ``synthetic``, optionally
-with a split suffix such as ``cifar10:test`` (the default split is ``train``; STL-10 also has
-``stl10:unlabeled`` and ``stl10:train+unlabeled``, the usual pretraining set, labelled -1 where
-unknown). Settings come from the ``data`` section of the config (``simclr.config.DataConfig``).
+A dataset spec is a folder path, WebDataset tar shards (a ``.tar`` file, a brace pattern such as
+``shards/train-{000000..000031}.tar``, several joined by ``::``, or a folder holding only ``.tar``
+files: ``shards``; needs ``pip install 'simclr[shards]'``), or ``cifar10``, ``cifar100``, ``stl10``,
+``synthetic``, optionally with a split suffix such as ``cifar10:test`` (the default split is
+``train``; STL-10 also has ``stl10:unlabeled`` and ``stl10:train+unlabeled``, the usual pretraining
+set, labelled -1 where unknown). Settings come from the ``data`` section of the config
+(``simclr.config.DataConfig``).
 
 Modules: ``errors`` (DataError, BadImageError, printable file names), ``decode`` (one file to RGB),
-``imageset`` (the ImageSet type), ``folder`` (image folders), ``cifar`` (CIFAR archives and their
-cache), ``stl10`` (the STL-10 archive, on cifar's cache), ``synthetic`` (the shapes set), ``batches``
-(training batches, streaming workers).
+``imageset`` (the ImageSet type), ``folder`` (image folders), ``shards`` (WebDataset tar shards: spec,
+index, epoch order), ``cifar`` (CIFAR archives and their cache), ``stl10`` (the STL-10 archive, on
+cifar's cache), ``synthetic`` (the shapes set), ``batches`` (training batches, streaming workers).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from simclr.data.decode import check_image, decode_image
 from simclr.data.errors import BadImageError, DataError
 from simclr.data.folder import IMAGE_EXTENSIONS, list_images, load_folder
 from simclr.data.imageset import ImageSet
+from simclr.data.shards import is_shard_spec, load_shards
 from simclr.data.stl10 import STL10_SPLITS, load_stl10
 from simclr.data.synthetic import SYNTHETIC_CLASSES, synthetic_images
 
@@ -44,6 +48,7 @@ __all__ = [
     "check_image",
     "decode_image",
     "load_folder",
+    "load_shards",
     "load_cifar",
     "load_stl10",
     "download",
@@ -74,12 +79,12 @@ def load_dataset(spec: str, cfg: DataConfig | None = None) -> ImageSet:
     """Load a dataset by spec (see the module docstring) with the settings of ``cfg`` (None: defaults).
 
     ``cfg.image_size`` None is auto (``simclr.config.default_image_size``): built-in sets, always
-    held in memory (or memory-mapped), keep their native side; folders follow the in-memory /
+    held in memory (or memory-mapped), keep their native side; folders and shards follow the in-memory /
     streamed decision.
     """
     cfg = cfg or DataConfig()
     if not spec:
-        raise DataError("no data given: pass --data PATH (an image folder, cifar10, cifar100, stl10 or synthetic)")
+        raise DataError("no data given: pass --data PATH (an image folder, .tar shards, cifar10, cifar100, stl10 or synthetic)")
     name, split = parse_spec(spec)
     if name in CIFAR_SOURCES:
         ds = load_cifar(name, split, cfg.data_dir)
@@ -88,6 +93,8 @@ def load_dataset(spec: str, cfg: DataConfig | None = None) -> ImageSet:
     elif name == "synthetic":
         # Different seeds for the two splits: test images are never training images.
         ds = synthetic_images(cfg.synthetic_train if split == "train" else cfg.synthetic_test, seed=1 if split == "train" else 2)
+    elif is_shard_spec(name):
+        return load_shards(name, cfg)
     else:
         return load_folder(name, cfg)
     if cfg.max_per_class:

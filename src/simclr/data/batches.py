@@ -10,12 +10,18 @@ set of bad files); the failure travels back with the batch and the main process 
 ``ImageSet.bad`` once. With ``strict`` the first such file raises BadImageError in the main
 process instead. Given a ``ViewCropper``, streamed items are the two training views of each image cut
 from its full frame (uint8 (2, 3, S, S)), their boxes drawn from a generator seeded by (seed, epoch,
-position in the epoch's order), so resumed and uninterrupted runs cut the same views. Workers ignore SIGINT, SIGTERM and SIGHUP: a scheduler signalling the whole
+the image's index in the data set), so resumed and uninterrupted runs cut the same views. Workers ignore SIGINT, SIGTERM and SIGHUP: a scheduler signalling the whole
 process group reaches only the main process, which can checkpoint and stop cleanly.
+
+Sets read from WebDataset tar shards (``ImageSet.shards``) follow the same path: their epoch order is
+``ShardIndex.order`` (shards shuffled, then samples within a window: reads stay within a few shards at
+a time), cut into steps, ranks and workers exactly as above, and each image's bytes are read by offset
+(``ShardIndex.read``) instead of from a file; failures are named ``SHARD#KEY`` (``simclr.data.shards``).
 """
 
 from __future__ import annotations
 
+import io
 import math
 import signal
 
@@ -45,7 +51,8 @@ def image_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class StreamedImages(torch.utils.data.Dataset):
-    """Decodes file ``i``; item = (uint8 image or None, index used, failures).
+    """Decodes file ``i`` (of ``paths``, or sample ``i`` of ``shards``, a ``ShardIndex``, when given);
+    item = (uint8 image or None, index used, failures).
 
     The image is (3, L, L) at ``load_size`` (shorter side resized, centre square), or, with ``cropper``,
     the two training views (2, 3, S, S) cut from the full frame with a generator seeded by
@@ -55,32 +62,39 @@ class StreamedImages(torch.utils.data.Dataset):
     reported. None is also returned when no file of the set can be decoded.
     """
 
-    def __init__(self, paths: list[str], load_size: int, max_pixels: int, known_bad: frozenset[str] = frozenset(),
-                 strict: bool = False, cropper: ViewCropper | None = None, seed: int = 0, epoch: int = 0):
+    def __init__(self, paths: list[str] | None, load_size: int, max_pixels: int, known_bad: frozenset[str] = frozenset(),
+                 strict: bool = False, cropper: ViewCropper | None = None, seed: int = 0, epoch: int = 0, shards=None):
         self.paths, self.load_size, self.max_pixels, self.strict = paths, load_size, max_pixels, strict
-        self.cropper, self.seed, self.epoch = cropper, seed, epoch
+        self.cropper, self.seed, self.epoch, self.shards = cropper, seed, epoch, shards
         self.bad = set(known_bad)  # grows in each process as files fail; skipping = failing again
 
-    def _load(self, path: str, i: int) -> torch.Tensor:
+    def _name(self, j: int) -> str:
+        return self.paths[j] if self.shards is None else self.shards.name(j)
+
+    def _load(self, j: int, i: int) -> torch.Tensor:
+        if self.shards is None:
+            src = self.paths[j]
+        else:
+            src = self.shards.read(j)  # the encoded bytes; BadImageError when they cannot be read
         if self.cropper is None:
-            return load_fixed(path, self.load_size, self.max_pixels)
+            return load_fixed(src if self.shards is None else io.BytesIO(src), self.load_size, self.max_pixels)
         # Seeded by the requested position i, not the replacement's index: a replacement that is also
         # in the batch still gets views of its own.
-        return self.cropper(path, torch.Generator().manual_seed(image_seed(self.seed, self.epoch, i)))
+        return self.cropper(src, torch.Generator().manual_seed(image_seed(self.seed, self.epoch, i)))
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.paths) if self.shards is None else len(self.shards)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, list[tuple[str, str]]]:
-        n = len(self.paths)
+        n = len(self)
         found: list[tuple[str, str]] = []
         for k in range(n):
             j = (i + k) % n
-            path = self.paths[j]
+            path = self._name(j)
             if path in self.bad:
                 continue
             try:
-                return self._load(path, i), j, found
+                return self._load(j, i), j, found
             except Exception as e:  # BadImageError, and anything else a broken file can raise
                 self.bad.add(path)
                 found.append((path, str(e) if isinstance(e, BadImageError) else describe(e)))
@@ -132,6 +146,8 @@ class Batches:
     def order(self, epoch: int) -> torch.Tensor:
         if not self.shuffle:
             return torch.arange(len(self.ds))
+        if self.ds.shards is not None and self.ds.images is None:  # streamed shards: shard by shard, a window shuffled
+            return self.ds.shards.order(self.seed, epoch)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(len(self.ds), generator=g)
 
@@ -158,7 +174,7 @@ class Batches:
         loader = torch.utils.data.DataLoader(
             # strict: every file is tried again, so that a known bad one still stops the run
             StreamedImages(ds.paths, ds.load_size, ds.max_pixels, frozenset() if self.strict else frozenset(known), self.strict,
-                           self.cropper, self.seed, epoch),
+                           self.cropper, self.seed, epoch, shards=ds.shards),
             batch_sampler=[idx.tolist() for idx in steps],
             num_workers=self.num_workers,
             collate_fn=collate,
@@ -192,7 +208,7 @@ class Batches:
                 path, why = failures[0]
                 raise BadImageError(f"unreadable image {printable(path)}: {why} (without --strict such files are skipped)")
             if x is None:
-                raise DataError(f"none of the {len(ds.paths)} images of the data set could be decoded")
+                raise DataError(f"none of the {len(ds)} images of the data set could be decoded")
             yield x, ds.labels[used], used
 
 

@@ -62,6 +62,21 @@ class Interrupted(Exception):
 STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 
 
+def training_input(cfg: Config, train: ImageSet, batch_size: int, rank: int = 0, world_size: int = 1
+                   ) -> tuple[SimCLRAugment, Batches]:
+    """The augmentation and the batches a run on ``train`` trains with (``simclr views`` shows them too).
+
+    ``cfg`` is resolved; ``batch_size`` is this process's share of the global batch. Large streamed images
+    get their two views cut from the full frame by the loader workers (``ViewCropper``); the augmentation's
+    ``views(x, step_generator(seed, step, rank, device))`` does the rest on the device.
+    """
+    augment = SimCLRAugment.from_config(cfg.augment, cfg.data.image_size)
+    cropper = ViewCropper(cfg.data.image_size, augment.cfg, train.max_pixels) if train.streamed else None
+    batches = Batches(train, batch_size, cfg.train.seed, num_workers=cfg.data.num_workers, rank=rank, world_size=world_size,
+                      strict=cfg.data.strict, cropper=cropper)
+    return augment, batches
+
+
 @dataclass
 class StepStats:
     """Sums of one epoch's step metrics, kept on the device (no host sync per step)."""
@@ -138,11 +153,7 @@ class Trainer:
         if env.distributed:
             self.model = convert_global_bn(self.model)  # the paper's global BN: statistics over all devices
         self.model = self.model.to(self.device, memory_format=torch.channels_last if t.channels_last else torch.preserve_format)
-        self.augment = SimCLRAugment.from_config(cfg.augment, cfg.data.image_size)
-        # Large streamed images: both views are cut from the full frame by the loader workers.
-        cropper = ViewCropper(cfg.data.image_size, self.augment.cfg, train.max_pixels) if train.streamed else None
-        self.batches = Batches(train, self.local_batch, t.seed, num_workers=cfg.data.num_workers, rank=env.rank,
-                               world_size=env.world_size, strict=cfg.data.strict, cropper=cropper)
+        self.augment, self.batches = training_input(cfg, train, self.local_batch, env.rank, env.world_size)
         self.steps_per_epoch = len(self.batches)
         self.total_steps = self.steps_per_epoch * t.epochs
         self.peak_lr = scaled_lr(o.base_lr, t.batch_size, o.lr_scaling)
@@ -418,7 +429,12 @@ def data_fingerprint(ds: ImageSet) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    names = ds.names("") if ds.paths is None else [os.path.join(*os.fsencode(p).split(b"/")[-2:]) for p in ds.paths]
+    if ds.paths is not None:
+        names = [os.path.join(*os.fsencode(p).split(b"/")[-2:]) for p in ds.paths]
+    elif ds.shards is not None:  # SHARD-FILE#KEY: shards moved elsewhere keep their fingerprint
+        names = ds.shards.names(folder=False)
+    else:
+        names = ds.names("")
     for name, label in zip(names, ds.labels.tolist()):
         h.update(os.fsencode(name) + b"\0" + str(label).encode() + b"\n")
     h.update(("|".join(ds.classes)).encode("utf-8", "surrogateescape"))
