@@ -169,7 +169,19 @@ def _full_decode_views(src, boxes, size):
                         for x, y, w, h in boxes.tolist()])
 
 
-def test_reduced_scale_decode_matches_full_decode():
+@pytest.fixture(params=["libjpeg-turbo", "pillow"])
+def decoder(request, monkeypatch):
+    """Both JPEG decoders of ViewCropper: simplejpeg (when installed) and Pillow's draft."""
+    import simclr.data.crop as crop
+
+    if request.param == "pillow":
+        monkeypatch.setattr(crop, "_simplejpeg", None)
+    elif crop._simplejpeg is None:
+        pytest.skip("simplejpeg is not installed")
+    return request.param
+
+
+def test_reduced_scale_decode_matches_full_decode(decoder):
     src = _photo(1600, 1200)
     cropper = ViewCropper(96)
     reduced_used = 0
@@ -185,7 +197,7 @@ def test_reduced_scale_decode_matches_full_decode():
 
 
 @pytest.mark.skipif(not PHOTOS.is_dir(), reason="../shared/data/photos is absent")
-def test_reduced_scale_decode_matches_full_decode_on_real_photos():
+def test_reduced_scale_decode_matches_full_decode_on_real_photos(decoder):
     files = sorted(PHOTOS.glob("*.jpg"))[::12]
     cropper, full = ViewCropper(64), ViewCropper(64, reduced_decode=False)
     mads = []
@@ -211,6 +223,33 @@ def test_views_cover_the_whole_frame_of_a_wide_image():
     assert hits / 400 > 0.2
 
 
+@pytest.mark.parametrize("tag", range(1, 9))
+def test_every_exif_orientation_is_shown_as_pillow_shows_it(tag, decoder):
+    """The views of the whole frame (no crop) equal Pillow's exif_transpose of the image, resized, for all 8 tags."""
+    yy, xx = np.mgrid[0:120, 0:180]  # gradients and 15 px blocks: any wrong turn or mirror shows
+    stored = Image.fromarray(np.stack([xx / 180 * 255, yy / 120 * 255, (xx // 15 + yy // 15) % 2 * 255], -1).astype(np.uint8))
+    exif = stored.getexif()
+    exif[0x0112] = tag
+    buf = io.BytesIO()
+    stored.save(buf, "JPEG", quality=95, exif=exif)
+    shown = decode_image(io.BytesIO(buf.getvalue()))
+    ref = to_tensor(shown.resize((40, 40), Image.BICUBIC, reducing_gap=None)).float()
+    full = ViewCropper(40, AugmentConfig(crop=False), reduced_decode=False)(buf.getvalue()).float()
+    assert (full[0] - ref).abs().mean() < 1.0  # grey levels: the JPEG decoders differ by rounding only
+    # decoded at 1/2 scale (crops of 120 px for 40): about 2 levels off; a wrong turn would be tens
+    reduced = ViewCropper(40, AugmentConfig(crop=False))(buf.getvalue()).float()
+    assert (reduced[0] - ref).abs().mean() < 4.0
+
+
+def test_grayscale_and_cmyk_jpegs_give_rgb_views(decoder):
+    for mode in ("L", "CMYK"):
+        buf = io.BytesIO()
+        Image.new(mode, (150, 100), 90 if mode == "L" else (10, 20, 30, 0)).save(buf, "JPEG")
+        v = ViewCropper(32)(buf.getvalue(), torch.Generator().manual_seed(0))
+        assert v.shape == (2, 3, 32, 32) and v.dtype == torch.uint8
+        assert (v[:, 0] == v[:, 1]).all() if mode == "L" else v.float().std(dim=(0, 2, 3)).max() < 3  # one colour
+
+
 def test_exif_rotated_photo_is_cropped_as_shown():
     """A portrait stored as landscape with EXIF orientation 6: boxes are drawn in the shown frame."""
     stored = np.zeros((100, 200, 3), np.uint8)
@@ -225,7 +264,7 @@ def test_exif_rotated_photo_is_cropped_as_shown():
     assert v[0, :, :12].mean() > 200 and v[0, :, -12:].mean() < 50  # top white, bottom black, as shown
 
 
-def test_bad_input_is_bad_image_error(tmp_path):
+def test_bad_input_is_bad_image_error(tmp_path, decoder):
     cropper = ViewCropper(32)
     with pytest.raises(BadImageError, match="empty"):
         cropper(b"")
@@ -267,3 +306,15 @@ def test_streamed_batches_of_views_are_a_pure_function_of_seed_epoch_and_positio
     other = [x for x, _, _ in Batches(ds, 4, seed=3, num_workers=0, cropper=cropper).epoch(2)]
     assert not any(torch.equal(a, b) for a in full for b in other)
     assert not torch.equal(full[0][:, 0], full[0][:, 1])  # the two views of an image differ
+
+
+@pytest.mark.parametrize("sampler", [official_boxes, torchvision_boxes])
+def test_device_tensors_and_cpu_arrays_give_the_same_boxes(sampler, monkeypatch):
+    """On a GPU the samplers run on torch tensors, on the CPU on numpy arrays: the same code and draws, the same boxes."""
+    import simclr.data.crop as crop
+
+    cpu = sampler(64, 375, 500, torch.Generator().manual_seed(7))
+    real = crop._uniforms
+    monkeypatch.setattr(crop, "_uniforms", lambda *a: [torch.from_numpy(u) for u in real(*a)])  # the device branch
+    dev = sampler(64, 375, 500, torch.Generator().manual_seed(7))
+    assert torch.equal(cpu, dev) and cpu.dtype == dev.dtype == torch.float64

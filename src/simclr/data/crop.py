@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from simclr.config import AugmentConfig, DataConfig
-from simclr.data.decode import decode_opened, open_image, oriented_size, to_tensor
+from simclr.data.decode import MIRRORED_AXES, decode_opened, open_image, orient_array, orientation, oriented_size, to_tensor
+from simclr.data.errors import BadImageError, describe
+
+try:  # libjpeg-turbo without Pillow's copies; Pillow decodes when it is missing
+    import simplejpeg as _simplejpeg
+except ImportError:  # pragma: no cover - a platform without its wheel
+    _simplejpeg = None
 
 __all__ = ["sample_boxes", "official_boxes", "torchvision_boxes", "center_box", "ViewCropper", "MIN_OBJECT_COVERED"]
 
@@ -46,22 +53,35 @@ _TORCHVISION_ATTEMPTS = 10
 _TF_MIN_AREA = 10  # TF rejects boxes of fewer pixels (SatisfiesOverlapConstraints' kMinArea)
 
 
-def _rand(shape, device, g) -> torch.Tensor:
+def _uniforms(k: int, shape: tuple[int, int], device, g) -> list:
+    """k arrays of uniform draws from ``g``: float64 numpy arrays on the CPU (a loader worker draws two
+    boxes per image, where numpy's small-array ops cost a third of torch's), tensors elsewhere. The draws,
+    and so the boxes, are the same either way."""
+    dev = torch.device(device)
     # float64 so that pixel rounding matches TF's for any image size; MPS has no float64
-    dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
-    return torch.rand(shape, device=device, generator=g, dtype=dtype)
+    dtype = torch.float32 if dev.type == "mps" else torch.float64
+    draws = [torch.rand(shape, device=dev, generator=g, dtype=dtype) for _ in range(k)]
+    return [d.numpy() for d in draws] if dev.type == "cpu" else draws
 
 
-def _first_valid(ok: torch.Tensor, *cols: torch.Tensor, whole: tuple[float, ...]) -> list[torch.Tensor]:
-    """For each row, the values of the first attempt where ``ok``; ``whole`` where none is."""
-    n = ok.shape[0]
-    found = ok.any(1)
-    pick = ok.to(torch.int8).argmax(1, keepdim=True)  # first True (0 when none; replaced below)
-    out = []
-    for c, w in zip(cols, whole):
-        v = c.gather(1, pick).squeeze(1)
-        out.append(torch.where(found, v, torch.full((n,), w, dtype=v.dtype, device=v.device)))
-    return out
+class _Ops:
+    """The few array functions the samplers need, for numpy arrays or torch tensors alike."""
+
+    def __init__(self, like):
+        self.np = isinstance(like, np.ndarray)
+        m = np if self.np else torch
+        self.sqrt, self.round, self.floor, self.exp, self.where = m.sqrt, m.round, m.floor, m.exp, m.where
+        self.minimum = m.minimum
+
+    def first_valid(self, ok, *cols, whole: tuple[float, ...]) -> list:
+        """For each row, the values of the first attempt where ``ok``; ``whole`` where none is."""
+        found = ok.any(1)
+        pick = (ok * 1).argmax(1)[:, None]  # first True (0 when none; replaced below)
+        take = np.take_along_axis if self.np else torch.take_along_dim
+        return [self.where(found, take(c, pick, 1)[:, 0], w) for c, w in zip(cols, whole)]
+
+    def stack(self, cols) -> torch.Tensor:
+        return torch.from_numpy(np.stack(cols, 1)) if self.np else torch.stack(cols, 1)
 
 
 def official_boxes(n: int, height: int, width: int, generator=None, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
@@ -70,35 +90,36 @@ def official_boxes(n: int, height: int, width: int, generator=None, scale=(0.08,
     (x0, y0, w, h) in pixels of an image of ``height`` x ``width`` (see the module docstring)."""
     H, W = float(height), float(width)
     min_area, max_area = scale[0] * W * H, scale[1] * W * H
-    aspect = _rand((n, attempts), device, generator) * (ratio[1] - ratio[0]) + ratio[0]
-    u_h, u_y, u_x = (_rand((n, attempts), device, generator) for _ in range(3))
-    # torch.round is round-half-to-even, as lrintf in the default rounding mode.
-    h = torch.round(torch.sqrt(min_area / aspect))
-    max_h = torch.round(torch.sqrt(max_area / aspect))
+    u_a, u_h, u_y, u_x = _uniforms(4, (n, attempts), device, generator)
+    xp = _Ops(u_a)
+    aspect = u_a * (ratio[1] - ratio[0]) + ratio[0]
+    # round is round-half-to-even in numpy and torch, as lrintf in the default rounding mode.
+    h = xp.round(xp.sqrt(min_area / aspect))
+    max_h = xp.round(xp.sqrt(max_area / aspect))
     # The largest height whose rounded width still fits: int((W + 0.5 - eps) / aspect), minus one if not.
-    too_wide = torch.round(max_h * aspect) > W
-    fit_h = torch.floor((W + 0.5 - 1e-7) / aspect)
-    fit_h = torch.where(torch.round(fit_h * aspect) > W, fit_h - 1, fit_h)
-    max_h = torch.where(too_wide, fit_h, max_h).clamp_max(H)
-    h = torch.minimum(h, max_h)
-    h = h + torch.where(h < max_h, torch.floor(u_h * (max_h - h + 1)), torch.zeros_like(h))
-    w = torch.round(h * aspect)
+    too_wide = xp.round(max_h * aspect) > W
+    fit_h = xp.floor((W + 0.5 - 1e-7) / aspect)
+    fit_h = xp.where(xp.round(fit_h * aspect) > W, fit_h - 1, fit_h)
+    max_h = xp.where(too_wide, fit_h, max_h)
+    max_h = xp.where(max_h > H, H, max_h)
+    h = xp.minimum(h, max_h)
+    h = h + xp.where(h < max_h, xp.floor(u_h * (max_h - h + 1)), 0.0)
+    w = xp.round(h * aspect)
     area = w * h
     # TF's repairs of rounding: one pixel taller if too small, then one shorter if too large.
     small = area < min_area
-    h = torch.where(small, h + 1, h)
-    w = torch.where(small, torch.round(h * aspect), w)
+    h = xp.where(small, h + 1, h)
+    w = xp.where(small, xp.round(h * aspect), w)
     area = w * h
     large = area > max_area
-    h = torch.where(large, h - 1, h)
-    w = torch.where(large, torch.round(h * aspect), w)
+    h = xp.where(large, h - 1, h)
+    w = xp.where(large, xp.round(h * aspect), w)
     area = w * h
     ok = (area >= min_area) & (area <= max_area) & (w <= W) & (h <= H) & (w > 0) & (h > 0)
-    ok &= (area >= _TF_MIN_AREA) & (area / (W * H) >= MIN_OBJECT_COVERED)
-    y = torch.where(h < H, torch.floor(u_y * (H - h)), torch.zeros_like(h))
-    x = torch.where(w < W, torch.floor(u_x * (W - w)), torch.zeros_like(w))
-    x, y, w, h = _first_valid(ok, x, y, w, h, whole=(0.0, 0.0, W, H))
-    return torch.stack((x, y, w, h), 1)
+    ok = ok & (area >= _TF_MIN_AREA) & (area / (W * H) >= MIN_OBJECT_COVERED)
+    y = xp.where(h < H, xp.floor(u_y * (H - h)), 0.0)
+    x = xp.where(w < W, xp.floor(u_x * (W - w)), 0.0)
+    return xp.stack(xp.first_valid(ok, x, y, w, h, whole=(0.0, 0.0, W, H)))
 
 
 def torchvision_boxes(n: int, height: int, width: int, generator=None, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
@@ -106,19 +127,30 @@ def torchvision_boxes(n: int, height: int, width: int, generator=None, scale=(0.
     """``RandomResizedCrop``'s sampler (area uniform, aspect log-uniform): float64 (n, 4) boxes
     (x0, y0, w, h); the whole image when every attempt fails."""
     H, W = float(height), float(width)
-    target = H * W * (_rand((n, attempts), device, generator) * (scale[1] - scale[0]) + scale[0])
+    u_area, u_aspect = _uniforms(2, (n, attempts), device, generator)
+    u_x, u_y = (u[:, 0] for u in _uniforms(2, (n, 1), device, generator))
+    xp = _Ops(u_area)
+    target = H * W * (u_area * (scale[1] - scale[0]) + scale[0])
     lo, hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(_rand((n, attempts), device, generator) * (hi - lo) + lo)
-    w = torch.round(torch.sqrt(target * aspect))
-    h = torch.round(torch.sqrt(target / aspect))
+    aspect = xp.exp(u_aspect * (hi - lo) + lo)
+    w = xp.round(xp.sqrt(target * aspect))
+    h = xp.round(xp.sqrt(target / aspect))
     ok = (w >= 1) & (w <= W) & (h >= 1) & (h <= H)
-    w, h = _first_valid(ok, w, h, whole=(W, H))
-    x = torch.floor(_rand(n, device, generator) * (W - w + 1))
-    y = torch.floor(_rand(n, device, generator) * (H - h + 1))
-    return torch.stack((x, y, w, h), 1)
+    w, h = xp.first_valid(ok, w, h, whole=(W, H))
+    x = xp.floor(u_x * (W - w + 1))
+    y = xp.floor(u_y * (H - h + 1))
+    return xp.stack((x, y, w, h))
 
 
 _SAMPLERS = {"official": official_boxes, "torchvision": torchvision_boxes}
+
+
+def _read(path: str | Path) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as e:
+        raise BadImageError(f"cannot read ({describe(e)})") from None
 
 
 def sample_boxes(n: int, height: int, width: int, cfg: AugmentConfig, generator=None, device="cpu") -> torch.Tensor:
@@ -166,31 +198,67 @@ class ViewCropper:
         return sample_boxes(2, height, width, self.cfg, generator)
 
     def __call__(self, src: str | Path | bytes, generator: torch.Generator | None = None) -> torch.Tensor:
-        with open_image(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src, self.max_pixels) as im:
+        data = bytes(src) if isinstance(src, (bytes, bytearray)) else None
+        with open_image(io.BytesIO(data) if data is not None else src, self.max_pixels) as im:
             W, H, swapped = oriented_size(im)
             boxes = self.boxes(H, W, generator)
-            fx = fy = 1.0
-            if self.reduced_decode:
-                # Each crop side may shrink by up to r and still give S pixels after the resize.
-                r = float((boxes[:, 2:].min(1).values / self.size).min())
-                if r >= 2:
-                    want = (math.ceil(W / r), math.ceil(H / r))
-                    got = im.draft(None, want[::-1] if swapped else want)  # draft works in the stored frame
-                    if got is not None:
-                        sw, sh = got[1][2], got[1][3]  # the original size divided by the chosen scale
-                        fx, fy = ((sh, sw) if swapped else (sw, sh))
-                        fx, fy = fx / W, fy / H
-            rgb = decode_opened(im)
+            # Each crop side may shrink by r and still give S pixels after the resize.
+            r = float((boxes[:, 2:].min(1).values / self.size).min()) if self.reduced_decode else 1.0
+            tag = orientation(im)
+            if _simplejpeg is not None and im.format == "JPEG" and im.mode in ("RGB", "L"):
+                frame, f = self._decode_jpeg(data if data is not None else _read(src), im.size, tag, r)
+            else:
+                frame, f = self._decode_pillow(im, r, W, H, swapped)
+            # A reduced decode rounds the size up: the last row/column holds only part of a pixel, and a
+            # mirrored axis puts that partial pixel first, so the boxes shift by what it lacks.
+            mx, my = MIRRORED_AXES.get(tag, (False, False))
+            shift = ((frame.shape[1] - W * f) if mx else 0.0, (frame.shape[0] - H * f) if my else 0.0)
+            return self._cut(frame, boxes, f, shift)  # inside: the frame may share memory with ``im``
+
+    def _decode_jpeg(self, data: bytes, stored: tuple[int, int], tag: int | None, r: float) -> tuple[np.ndarray, float]:
+        """libjpeg-turbo straight into an RGB array (about twice Pillow's speed with its copy), at the smallest
+        DCT scale M/8 that keeps every crop at least S pixels when r >= 2; (oriented frame, scale)."""
+        sw, sh = stored
+        mins = dict(min_width=math.ceil(sw / r), min_height=math.ceil(sh / r)) if r >= 2 else {}
+        try:
+            a = _simplejpeg.decode_jpeg(data, colorspace="RGB", **mins)
+        except Exception as e:  # corrupt or truncated data (strict: recoverable errors are errors too)
+            raise BadImageError(f"cannot decode ({describe(e)})") from None
+        dh, dw = a.shape[:2]
+        f = 1.0
+        if (dw, dh) != (sw, sh):
+            m = round(8 * dw / sw)  # libjpeg scales by M/8, rounding the size up
+            f = m / 8 if (math.ceil(sw * m / 8), math.ceil(sh * m / 8)) == (dw, dh) else dw / sw
+        return np.ascontiguousarray(orient_array(a, tag)), f  # a copy only for a rotated or mirrored photo
+
+    def _decode_pillow(self, im: Image.Image, r: float, W: int, H: int, swapped: bool) -> tuple[np.ndarray, float]:
+        """Pillow for every other image: JPEGs through ``draft`` (1/2, 1/4, 1/8) when r >= 2."""
+        f, stored_w = 1.0, im.size[0]
+        if r >= 2:
+            want = (math.ceil(W / r), math.ceil(H / r))
+            got = im.draft(None, want[::-1] if swapped else want)  # draft works in the stored frame
+            if got is not None:
+                f = got[1][2] / stored_w  # got[1]: the stored size divided by the chosen scale
+        return np.asarray(decode_opened(im)), f
+
+    def _cut(self, frame: np.ndarray, boxes: torch.Tensor, f: float, shift: tuple[float, float]) -> torch.Tensor:
+        """Both views (2, 3, S, S) uint8 from the (H, W, 3) frame decoded at scale ``f`` of the shown image,
+        whose origin lies at ``shift`` (x, y) pixels of the frame."""
         s = self.size
-        if (fx, fy) != (1.0, 1.0):
-            # Decoded at a reduced scale: the boxes have fractional corners there, which Pillow's resize takes.
-            return torch.stack([to_tensor(rgb.resize((s, s), Image.BICUBIC, box=(x0 * fx, y0 * fy, (x0 + w) * fx, (y0 + h) * fy),
-                                                     reducing_gap=None)) for x0, y0, w, h in boxes.tolist()])
-        # Whole pixels: (1, 3, H, W) over the decoded HWC pixels is channels-last, which torch's uint8
-        # antialiased bicubic resize handles about 3x faster than Pillow (same a = -0.5 kernel, within a level).
-        frame = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0)
+        if f != 1.0:
+            # A reduced scale: the boxes have fractional corners there, which Pillow's resize takes.
+            rgb = Image.fromarray(np.ascontiguousarray(frame))
+            sx, sy = shift
+            return torch.stack([to_tensor(rgb.resize((s, s), Image.BICUBIC, reducing_gap=None,
+                                                     box=(x0 * f + sx, y0 * f + sy, (x0 + w) * f + sx, (y0 + h) * f + sy)))
+                                for x0, y0, w, h in boxes.tolist()])
+        # Whole pixels: (1, 3, H, W) over the HWC frame is channels-last, which torch's uint8 antialiased
+        # bicubic resize handles about 3x faster than Pillow (same a = -0.5 kernel, within a level).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a read-only frame: it is only read
+            t = torch.from_numpy(frame).permute(2, 0, 1).unsqueeze(0)
         views = []
         for x0, y0, w, h in boxes.long().tolist():
-            crop = frame[:, :, y0 : y0 + h, x0 : x0 + w]
+            crop = t[:, :, y0 : y0 + h, x0 : x0 + w]
             views.append(F.interpolate(crop, size=(s, s), mode="bicubic", antialias=True, align_corners=False))
-        return torch.cat(views).contiguous()
+        return torch.cat(views)

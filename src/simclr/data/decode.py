@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 from simclr.config import DataConfig
 from simclr.data.errors import BadImageError, describe
 
-__all__ = ["check_image", "decode_image", "open_image", "decode_opened", "oriented_size", "to_rgb", "to_tensor", "fit",
+__all__ = ["check_image", "decode_image", "open_image", "decode_opened", "oriented_size", "orientation", "orient_array", "to_rgb", "to_tensor", "fit",
            "load_fixed", "load_size_for"]
 
 # EXIF orientations that swap width and height (transpose, rotate 90, transverse, rotate 270).
@@ -63,16 +63,14 @@ def open_image(src: str | Path | BinaryIO, max_pixels: int) -> Image.Image:
 def oriented_size(im: Image.Image) -> tuple[int, int, bool]:
     """(width, height) of an opened image as it is shown, i.e. after its EXIF orientation, and whether
     the orientation swaps the stored axes."""
-    try:
-        swapped = im.getexif().get(0x0112) in _SWAPPING_ORIENTATIONS
-    except Exception:  # a broken EXIF block: exif_transpose ignores it too
-        swapped = False
+    swapped = orientation(im) in _SWAPPING_ORIENTATIONS
     w, h = im.size
     return (h, w, True) if swapped else (w, h, False)
 
 
 def decode_opened(im: Image.Image) -> Image.Image:
-    """Decode the pixels of an image from ``open_image`` to RGB (see ``decode_image``)."""
+    """Decode the pixels of an image from ``open_image`` to RGB (see ``decode_image``). The result may be
+    ``im`` itself (an RGB image shown as stored): use it before closing ``im``."""
     try:
         im.load()
         return to_rgb(im)
@@ -89,13 +87,22 @@ def check_image(path: str | Path, max_pixels: int = DataConfig.max_pixels) -> tu
 def decode_image(path: str | Path, max_pixels: int = DataConfig.max_pixels) -> Image.Image:
     """Open an image as RGB, applying its EXIF orientation; grayscale, 16-bit, CMYK, RGBA and palette
     images become RGB. Raises BadImageError for anything unusable."""
-    with open_image(path, max_pixels) as im:
-        return decode_opened(im)
+    im = open_image(path, max_pixels)
+    try:
+        rgb = decode_opened(im)
+    except BaseException:
+        im.close()
+        raise
+    if rgb is not im:
+        im.close()
+    return rgb  # a loaded image opened from a path has released its file already
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
-    """Any Pillow image as 8-bit RGB (EXIF orientation applied, alpha over white)."""
-    im = ImageOps.exif_transpose(im)
+    """Any Pillow image as 8-bit RGB (EXIF orientation applied, alpha over white); ``im`` itself when it is
+    RGB already and shown as stored (no copy: this runs once per training image)."""
+    if orientation(im) not in (None, 1):
+        im = ImageOps.exif_transpose(im)
     if im.mode.startswith("I;16") or im.mode in ("I", "F"):
         # 16-bit and 32-bit grayscale: scale to 8 bits instead of clipping at 255
         arr = np.asarray(im, dtype=np.float64)
@@ -106,7 +113,36 @@ def to_rgb(im: Image.Image) -> Image.Image:
         im = im.convert("RGBA")
         bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
         im = Image.alpha_composite(bg, im)
-    return im.convert("RGB")
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def orientation(im: Image.Image) -> int | None:
+    """The EXIF orientation tag of an opened image (1-8), None when absent or unreadable."""
+    try:
+        return im.getexif().get(0x0112)
+    except Exception:  # a broken EXIF block: shown as stored
+        return None
+
+
+# EXIF orientation -> the numpy operations that show an (H, W, C) array as ImageOps.exif_transpose does.
+_ORIENT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: a.transpose(1, 0, 2)[:, ::-1],
+    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
+    8: lambda a: a.transpose(1, 0, 2)[::-1],
+}
+
+
+# Which axes (x, y) of the shown image run opposite to the stored ones, per EXIF orientation.
+MIRRORED_AXES = {2: (True, False), 3: (True, True), 4: (False, True), 6: (True, False), 7: (True, True), 8: (False, True)}
+
+
+def orient_array(a: np.ndarray, tag: int | None) -> np.ndarray:
+    """An (H, W, C) array as its EXIF orientation ``tag`` shows it (a view; the array itself for 1 or None)."""
+    return _ORIENT[tag](a) if tag in _ORIENT else a
 
 
 def to_tensor(im: Image.Image) -> torch.Tensor:

@@ -1,0 +1,338 @@
+"""Loader-side cost of one source image, per CPU core: crops from the full frame against torchvision's way.
+
+    python benchmarks/loader.py --data DIR [--image-size 224] [--images N] [--repeat 3]
+        [--sizes 500x375,...] [--seed 0] [--clock wall|cpu] [--profile K] [--json-only]
+
+One process, ``torch.set_num_threads(1)``: the figures are what one DataLoader worker (one core) delivers.
+Every pipeline reads its file from disk each time (the page cache holds the folder after the warm-up) and
+returns uint8 tensors, as a loader worker hands them to the batch collation. Three pipelines over the JPEG
+files of DIR (recursively, sorted; ``--sizes`` keeps only files whose stored width x height is listed):
+
+``new``
+    The project's loader path for large images: ``simclr.data.crop.ViewCropper(S, AugmentConfig(),
+    max_pixels)(path, generator)`` -> uint8 (2, 3, S, S): both training views' boxes drawn over the full
+    frame (default sampler, ``official``), ONE decode per image, at a reduced JPEG scale (Pillow ``draft``:
+    libjpeg's DCT scaling by 1/2, 1/4, 1/8) when every crop still keeps S pixels a side, then each crop
+    resized to S x S with torch's uint8 antialiased bicubic kernel (Pillow's bicubic when the decode was
+    scaled). A fresh generator per image seeded as the training loader seeds it:
+    ``image_seed(seed, epoch, index)`` with the pass number as the epoch.
+
+``baseline``
+    What torchvision's ``ImageFolder`` loader + ``RandomResizedCrop(S, interpolation=BICUBIC)`` +
+    ``PILToTensor()`` do on PIL images, applied twice (two views, as a SimCLR two-crop transform does),
+    written out here without torchvision: ``Image.open(path).convert("RGB")`` (full decode), then per view
+    an independent box from RandomResizedCrop's ``get_params`` (area uniform in [0.08, 1] of the image,
+    aspect log-uniform in [3/4, 4/3], 10 attempts with torch's global RNG, fallback to the clamped centre
+    crop), ``img.resize((S, S), Image.BICUBIC, box=...)`` (Pillow's antialiased bicubic; the same pixels
+    as torchvision's ``crop`` then ``resize``, without copying the crop first), and
+    ``torch.as_tensor(np.array(img, copy=True)).permute(2, 0, 1)`` as PILToTensor -> two uint8 (3, S, S).
+    Both resizes are antialiased bicubic (a = -0.5), so the comparison is at equal resampling quality.
+
+``center``
+    The previous release's path for streamed images: ``simclr.data.decode.load_fixed(path,
+    load_size_for(S), max_pixels)`` -> uint8 (3, L, L), L = ceil(8/7 S): full decode, shorter side resized
+    to L, centre square; the training device then cut both views from that square (not timed here).
+
+Each pipeline is warmed up on the first images, then timed over ``--repeat`` passes of N images; the
+passes of the three pipelines alternate, so machine noise hits all alike, and the median images/s of
+each is reported (the best pass too, in the JSON: on a shared machine it is the least disturbed).
+``--clock cpu`` divides by this process's CPU time instead of wall time (one thread, so the same on an
+idle machine; other jobs on the cores then lengthen it far less); the JSON holds both. An untimed
+extra pass of ``new`` records which JPEG scale each decode used. The device-side part of the
+augmentation (flip, colour, grayscale, blur) is not included in any pipeline.
+
+Output: a readable table, and as the last line one JSON object:
+``{"images_per_sec": {"new", "baseline", "center"}, "ratio": new/baseline, "image_size", "images",
+"threads": 1, "cpu", "torch", "pillow", ...}``. ``--profile K`` adds the time split (decode, crop
+boxes, resize, tensor conversion) of the new and baseline steps, re-done by hand over K images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL
+import torch
+import torch.nn.functional as F
+from PIL import Image, JpegImagePlugin
+
+from simclr.config import AugmentConfig, DataConfig
+from simclr.data.batches import image_seed
+from simclr.data.crop import ViewCropper
+from simclr.data.decode import decode_opened, load_fixed, load_size_for, open_image, oriented_size, to_tensor
+
+PIPELINES = ("new", "baseline", "center")
+_SUFFIXES = {".jpg", ".jpeg"}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def list_jpegs(root: Path, sizes: set[tuple[int, int]] | None, limit: int | None) -> list[str]:
+    files = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in _SUFFIXES and p.is_file())
+    if sizes:
+        kept = []
+        for f in files:
+            with Image.open(f) as im:  # header only
+                if im.size in sizes:
+                    kept.append(f)
+        files = kept
+    return files[:limit] if limit else files
+
+
+# --- baseline: torchvision's RandomResizedCrop + PILToTensor on PIL images, without torchvision ---------------
+
+def rrc_params(width: int, height: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """torchvision.transforms.RandomResizedCrop.get_params: (top, left, h, w), same RNG calls."""
+    area = height * width
+    log_ratio = torch.log(torch.tensor(ratio))
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1]).item()
+        aspect_ratio = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1]).item())
+        w = int(round(math.sqrt(target_area * aspect_ratio)))
+        h = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            i = torch.randint(0, height - h + 1, size=(1,)).item()
+            j = torch.randint(0, width - w + 1, size=(1,)).item()
+            return i, j, h, w
+    in_ratio = float(width) / float(height)  # fallback: centre crop clamped to the ratio range
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    """torchvision.transforms.functional.pil_to_tensor for an RGB image: uint8 (3, H, W), a permuted view."""
+    return torch.as_tensor(np.array(img, copy=True)).view(img.size[1], img.size[0], 3).permute(2, 0, 1)
+
+
+def baseline_views(path: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    with open(path, "rb") as f:  # torchvision's pil_loader
+        img = Image.open(f).convert("RGB")
+    out = []
+    for _ in range(2):
+        i, j, h, w = rrc_params(*img.size)
+        out.append(pil_to_tensor(img.resize((size, size), Image.BICUBIC, box=(j, i, j + w, i + h))))
+    return out[0], out[1]
+
+
+# --- timing ------------------------------------------------------------------------------------------------
+
+def make_runners(size: int, max_pixels: int, seed: int):
+    cropper = ViewCropper(size, AugmentConfig(), max_pixels)
+    load = load_size_for(size)
+
+    def new(files, epoch):
+        for i, p in enumerate(files):
+            cropper(p, torch.Generator().manual_seed(image_seed(seed, epoch, i)))
+
+    def baseline(files, epoch):
+        torch.manual_seed(image_seed(seed, epoch, 0))
+        for p in files:
+            baseline_views(p, size)
+
+    def center(files, epoch):
+        for p in files:
+            load_fixed(p, load, max_pixels)
+
+    return {"new": new, "baseline": baseline, "center": center}, cropper
+
+
+def decode_scales(cropper: ViewCropper, files: list[str], seed: int, epoch: int) -> list[int]:
+    """The JPEG scale divisor (1, 2, 4, 8) of each image's decode in ``new`` (an untimed pass)."""
+    seen: list[int] = []
+    orig = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):
+        w0 = self.size[0]
+        got = orig(self, mode, size)
+        if got is not None:
+            seen[-1] = round(w0 / got[1][2])
+        return got
+
+    JpegImagePlugin.JpegImageFile.draft = spy
+    try:
+        for i, p in enumerate(files):
+            seen.append(1)
+            cropper(p, torch.Generator().manual_seed(image_seed(seed, epoch, i)))
+    finally:
+        JpegImagePlugin.JpegImageFile.draft = orig
+    return seen
+
+
+def profile(files: list[str], size: int, max_pixels: int, seed: int, clock=time.perf_counter) -> dict[str, dict[str, float]]:
+    """Mean milliseconds per image of each part of the new and baseline steps, re-done by hand
+    (the new steps follow ViewCropper.__call__; ``new resize`` includes slicing, and stacking the views)."""
+    cropper = ViewCropper(size, AugmentConfig(), max_pixels)
+    t = {k: 0.0 for k in ("new open+boxes", "new decode", "new resize", "new to tensor",
+                          "baseline decode", "baseline boxes", "baseline resize", "baseline to tensor")}
+    reduced = 0
+    torch.manual_seed(seed)
+    for i, p in enumerate(files):
+        g = torch.Generator().manual_seed(image_seed(seed, 99, i))
+        t0 = clock()
+        im = open_image(p, max_pixels)
+        W, H, swapped = oriented_size(im)
+        boxes = cropper.boxes(H, W, g)
+        fx = fy = 1.0
+        r = float((boxes[:, 2:].min(1).values / size).min())
+        if r >= 2:
+            want = (math.ceil(W / r), math.ceil(H / r))
+            got = im.draft(None, want[::-1] if swapped else want)
+            if got is not None:
+                sw, sh = got[1][2], got[1][3]
+                fx, fy = ((sh, sw) if swapped else (sw, sh))
+                fx, fy = fx / W, fy / H
+        t1 = clock()
+        rgb = decode_opened(im)  # may be im itself: closed after use
+        t2 = clock()
+        if (fx, fy) != (1.0, 1.0):
+            reduced += 1
+            views = [rgb.resize((size, size), Image.BICUBIC, box=(x0 * fx, y0 * fy, (x0 + w) * fx, (y0 + h) * fy),
+                                reducing_gap=None) for x0, y0, w, h in boxes.tolist()]
+            t3 = clock()
+            torch.stack([to_tensor(v) for v in views])
+            t4 = clock()
+        else:
+            frame = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0)
+            t3a = clock()
+            views = [F.interpolate(frame[:, :, y0:y0 + h, x0:x0 + w], size=(size, size), mode="bicubic",
+                                   antialias=True, align_corners=False) for x0, y0, w, h in boxes.long().tolist()]
+            torch.cat(views).contiguous()
+            t4 = clock()
+            t3 = t4 - (t3a - t2)  # count the HWC array copy as tensor conversion
+        im.close()
+        t["new open+boxes"] += t1 - t0
+        t["new decode"] += t2 - t1
+        t["new resize"] += t3 - t2
+        t["new to tensor"] += t4 - t3
+
+        t0 = clock()
+        with open(p, "rb") as f:
+            img = Image.open(f).convert("RGB")
+        t1 = clock()
+        bx = [rrc_params(*img.size) for _ in range(2)]
+        t2 = clock()
+        views = [img.resize((size, size), Image.BICUBIC, box=(j, i, j + w, i + h)) for i, j, h, w in bx]
+        t3 = clock()
+        [pil_to_tensor(v) for v in views]
+        t4 = clock()
+        t["baseline decode"] += t1 - t0
+        t["baseline boxes"] += t2 - t1
+        t["baseline resize"] += t3 - t2
+        t["baseline to tensor"] += t4 - t3
+    n = len(files)
+    return {"ms_per_image": {k: round(v / n * 1e3, 4) for k, v in t.items()}, "images": n, "new_reduced_decodes": reduced}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="folder of JPEG files (searched recursively)")
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--images", type=int, default=None, help="first N files (default: all)")
+    ap.add_argument("--repeat", type=int, default=3, help="timed passes per pipeline (median reported)")
+    ap.add_argument("--warmup", type=int, default=16, help="images per pipeline in the untimed warm-up")
+    ap.add_argument("--sizes", default=None, help="keep only files of these stored sizes, e.g. 500x375,1024x768")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-pixels", type=int, default=DataConfig.max_pixels)
+    ap.add_argument("--profile", type=int, default=0, metavar="K", help="also split the time of new and baseline over K images")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="what images/s divides by: wall time, or this process's CPU time (steadier on a shared machine)")
+    ap.add_argument("--json-only", action="store_true", help="print only the JSON line")
+    a = ap.parse_args(argv)
+
+    torch.set_num_threads(1)
+    sizes = None
+    if a.sizes:
+        sizes = {tuple(int(v) for v in s.lower().split("x")) for s in a.sizes.split(",") if s.strip()}
+    files = list_jpegs(Path(a.data), sizes, a.images)
+    if not files:
+        print(f"no JPEG files in {a.data}" + (f" of sizes {a.sizes}" if a.sizes else ""), file=sys.stderr)
+        return 2
+    S = a.image_size
+    runners, cropper = make_runners(S, a.max_pixels, a.seed)
+
+    warm = files[: max(1, a.warmup)]
+    for name in PIPELINES:
+        runners[name](warm, 10_000)
+    wall: dict[str, list[float]] = {k: [] for k in PIPELINES}
+    cpu: dict[str, list[float]] = {k: [] for k in PIPELINES}
+    for r in range(a.repeat):
+        for name in PIPELINES:
+            t0, c0 = time.perf_counter(), time.process_time()
+            runners[name](files, r)
+            c1, t1 = time.process_time(), time.perf_counter()
+            wall[name].append(len(files) / (t1 - t0))
+            cpu[name].append(len(files) / (c1 - c0))
+    rates, other = (cpu, wall) if a.clock == "cpu" else (wall, cpu)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    scales = decode_scales(cropper, files, a.seed, 0)
+    hist = {str(s): scales.count(s) for s in (1, 2, 4, 8)}
+    dims = {}
+    for f in files:
+        with Image.open(f) as im:
+            key = "x".join(map(str, im.size))
+            dims[key] = dims.get(key, 0) + 1
+
+    res = {
+        "images_per_sec": {k: round(v, 2) for k, v in med.items()},
+        "ratio": round(med["new"] / med["baseline"], 4),
+        "image_size": S,
+        "images": len(files),
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_model(),
+        "torch": torch.__version__,
+        "pillow": PIL.__version__,
+        "repeat": a.repeat,
+        "clock": a.clock,
+        "best_images_per_sec": {k: round(max(v), 2) for k, v in rates.items()},
+        "all_passes": {k: [round(x, 2) for x in v] for k, v in rates.items()},
+        ("wall" if a.clock == "cpu" else "cpu") + "_clock": {
+            "images_per_sec": {k: round(statistics.median(v), 2) for k, v in other.items()},
+            "ratio": round(statistics.median(other["new"]) / statistics.median(other["baseline"]), 4)},
+        "new_decode_scale": {"images_by_divisor": hist, "reduced_fraction": round(sum(s > 1 for s in scales) / len(scales), 4),
+                             "mean_divisor": round(statistics.fmean(scales), 4)},
+        "sizes": dict(sorted(dims.items(), key=lambda kv: -kv[1])),
+    }
+    if a.profile:
+        res["profile"] = profile(files[: a.profile], S, a.max_pixels, a.seed, time.process_time if a.clock == "cpu" else time.perf_counter)
+
+    if not a.json_only:
+        print(f"{len(files)} JPEGs from {a.data} ({', '.join(f'{k}: {v}' for k, v in res['sizes'].items())}), "
+              f"S={S}, 1 thread, {a.clock} clock, {res['cpu']}, torch {res['torch']}, Pillow {res['pillow']}")
+        print(f"{'pipeline':<10} {'images/s':>10} {'ms/image':>9}  passes (images/s)  output per image")
+        outs = {"new": f"uint8 (2, 3, {S}, {S})", "baseline": f"2 x uint8 (3, {S}, {S})",
+                "center": f"uint8 (3, {load_size_for(S)}, {load_size_for(S)})"}
+        for k in PIPELINES:
+            print(f"{k:<10} {med[k]:>10.1f} {1e3 / med[k]:>9.3f}  {' '.join(f'{x:.1f}' for x in rates[k]):<17}  {outs[k]}")
+        print(f"ratio new/baseline: {res['ratio']:.3f}; new decoded {hist} images at scale 1/1, 1/2, 1/4, 1/8 "
+              f"(reduced: {res['new_decode_scale']['reduced_fraction']:.0%})")
+        if a.profile:
+            print(f"profile over {res['profile']['images']} images, ms per image:")
+            for k, v in res["profile"]["ms_per_image"].items():
+                print(f"  {k:<20} {v:8.3f}")
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
