@@ -1,7 +1,7 @@
 """Loader-side cost of one source image, per CPU core: crops from the full frame against torchvision's way.
 
     python benchmarks/loader.py --data DIR [--image-size 224] [--images N] [--repeat 3]
-        [--sizes 500x375,...] [--seed 0] [--clock wall|cpu] [--profile K] [--json-only]
+        [--sizes 500x375,...] [--seed 0] [--clock wall|cpu] [--json-only]
 
 One process, ``torch.set_num_threads(1)``: the figures are what one DataLoader worker (one core) delivers.
 Every pipeline reads its file from disk each time (the page cache holds the folder after the warm-up) and
@@ -11,8 +11,8 @@ files of DIR (recursively, sorted; ``--sizes`` keeps only files whose stored wid
 ``new``
     The project's loader path for large images: ``simclr.data.crop.ViewCropper(S, AugmentConfig(),
     max_pixels)(path, generator)`` -> uint8 (2, 3, S, S): both training views' boxes drawn over the full
-    frame (default sampler, ``official``), ONE decode per image, at a reduced JPEG scale (Pillow ``draft``:
-    libjpeg's DCT scaling by 1/2, 1/4, 1/8) when every crop still keeps S pixels a side, then each crop
+    frame (default sampler, ``official``), ONE decode per image (libjpeg-turbo through simplejpeg, straight
+    into numpy), at a reduced DCT scale (M/8) when every crop still keeps S pixels a side, then each crop
     resized to S x S with torch's uint8 antialiased bicubic kernel (Pillow's bicubic when the decode was
     scaled). A fresh generator per image seeded as the training loader seeds it:
     ``image_seed(seed, epoch, index)`` with the pass number as the epoch.
@@ -43,8 +43,7 @@ augmentation (flip, colour, grayscale, blur) is not included in any pipeline.
 
 Output: a readable table, and as the last line one JSON object:
 ``{"images_per_sec": {"new", "baseline", "center"}, "ratio": new/baseline, "image_size", "images",
-"threads": 1, "cpu", "torch", "pillow", ...}``. ``--profile K`` adds the time split (decode, crop
-boxes, resize, tensor conversion) of the new and baseline steps, re-done by hand over K images.
+"threads": 1, "cpu", "torch", "pillow", ...}``.
 """
 
 from __future__ import annotations
@@ -61,13 +60,12 @@ from pathlib import Path
 import numpy as np
 import PIL
 import torch
-import torch.nn.functional as F
-from PIL import Image, JpegImagePlugin
+from PIL import Image
 
 from simclr.config import AugmentConfig, DataConfig
 from simclr.data.batches import image_seed
 from simclr.data.crop import ViewCropper
-from simclr.data.decode import decode_opened, load_fixed, load_size_for, open_image, oriented_size, to_tensor
+from simclr.data.decode import load_fixed, load_size_for
 
 PIPELINES = ("new", "baseline", "center")
 _SUFFIXES = {".jpg", ".jpeg"}
@@ -157,91 +155,23 @@ def make_runners(size: int, max_pixels: int, seed: int):
     return {"new": new, "baseline": baseline, "center": center}, cropper
 
 
-def decode_scales(cropper: ViewCropper, files: list[str], seed: int, epoch: int) -> list[int]:
-    """The JPEG scale divisor (1, 2, 4, 8) of each image's decode in ``new`` (an untimed pass)."""
-    seen: list[int] = []
-    orig = JpegImagePlugin.JpegImageFile.draft
+def decode_scales(cropper: ViewCropper, files: list[str], seed: int, epoch: int) -> list[float]:
+    """The JPEG scale (1, or the DCT scale M/8 of a reduced decode) of each image's decode in ``new``
+    (an untimed pass that watches ``ViewCropper._cut``, which receives the scale)."""
+    seen: list[float] = []
+    orig = ViewCropper._cut
 
-    def spy(self, mode, size):
-        w0 = self.size[0]
-        got = orig(self, mode, size)
-        if got is not None:
-            seen[-1] = round(w0 / got[1][2])
-        return got
+    def spy(self, frame, boxes, f, shift):
+        seen.append(f)
+        return orig(self, frame, boxes, f, shift)
 
-    JpegImagePlugin.JpegImageFile.draft = spy
+    ViewCropper._cut = spy
     try:
         for i, p in enumerate(files):
-            seen.append(1)
             cropper(p, torch.Generator().manual_seed(image_seed(seed, epoch, i)))
     finally:
-        JpegImagePlugin.JpegImageFile.draft = orig
+        ViewCropper._cut = orig
     return seen
-
-
-def profile(files: list[str], size: int, max_pixels: int, seed: int, clock=time.perf_counter) -> dict[str, dict[str, float]]:
-    """Mean milliseconds per image of each part of the new and baseline steps, re-done by hand
-    (the new steps follow ViewCropper.__call__; ``new resize`` includes slicing, and stacking the views)."""
-    cropper = ViewCropper(size, AugmentConfig(), max_pixels)
-    t = {k: 0.0 for k in ("new open+boxes", "new decode", "new resize", "new to tensor",
-                          "baseline decode", "baseline boxes", "baseline resize", "baseline to tensor")}
-    reduced = 0
-    torch.manual_seed(seed)
-    for i, p in enumerate(files):
-        g = torch.Generator().manual_seed(image_seed(seed, 99, i))
-        t0 = clock()
-        im = open_image(p, max_pixels)
-        W, H, swapped = oriented_size(im)
-        boxes = cropper.boxes(H, W, g)
-        fx = fy = 1.0
-        r = float((boxes[:, 2:].min(1).values / size).min())
-        if r >= 2:
-            want = (math.ceil(W / r), math.ceil(H / r))
-            got = im.draft(None, want[::-1] if swapped else want)
-            if got is not None:
-                sw, sh = got[1][2], got[1][3]
-                fx, fy = ((sh, sw) if swapped else (sw, sh))
-                fx, fy = fx / W, fy / H
-        t1 = clock()
-        rgb = decode_opened(im)  # may be im itself: closed after use
-        t2 = clock()
-        if (fx, fy) != (1.0, 1.0):
-            reduced += 1
-            views = [rgb.resize((size, size), Image.BICUBIC, box=(x0 * fx, y0 * fy, (x0 + w) * fx, (y0 + h) * fy),
-                                reducing_gap=None) for x0, y0, w, h in boxes.tolist()]
-            t3 = clock()
-            torch.stack([to_tensor(v) for v in views])
-            t4 = clock()
-        else:
-            frame = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0)
-            t3a = clock()
-            views = [F.interpolate(frame[:, :, y0:y0 + h, x0:x0 + w], size=(size, size), mode="bicubic",
-                                   antialias=True, align_corners=False) for x0, y0, w, h in boxes.long().tolist()]
-            torch.cat(views).contiguous()
-            t4 = clock()
-            t3 = t4 - (t3a - t2)  # count the HWC array copy as tensor conversion
-        im.close()
-        t["new open+boxes"] += t1 - t0
-        t["new decode"] += t2 - t1
-        t["new resize"] += t3 - t2
-        t["new to tensor"] += t4 - t3
-
-        t0 = clock()
-        with open(p, "rb") as f:
-            img = Image.open(f).convert("RGB")
-        t1 = clock()
-        bx = [rrc_params(*img.size) for _ in range(2)]
-        t2 = clock()
-        views = [img.resize((size, size), Image.BICUBIC, box=(j, i, j + w, i + h)) for i, j, h, w in bx]
-        t3 = clock()
-        [pil_to_tensor(v) for v in views]
-        t4 = clock()
-        t["baseline decode"] += t1 - t0
-        t["baseline boxes"] += t2 - t1
-        t["baseline resize"] += t3 - t2
-        t["baseline to tensor"] += t4 - t3
-    n = len(files)
-    return {"ms_per_image": {k: round(v / n * 1e3, 4) for k, v in t.items()}, "images": n, "new_reduced_decodes": reduced}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,7 +184,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default=None, help="keep only files of these stored sizes, e.g. 500x375,1024x768")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-pixels", type=int, default=DataConfig.max_pixels)
-    ap.add_argument("--profile", type=int, default=0, metavar="K", help="also split the time of new and baseline over K images")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="what images/s divides by: wall time, or this process's CPU time (steadier on a shared machine)")
     ap.add_argument("--json-only", action="store_true", help="print only the JSON line")
@@ -286,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     rates, other = (cpu, wall) if a.clock == "cpu" else (wall, cpu)
     med = {k: statistics.median(v) for k, v in rates.items()}
     scales = decode_scales(cropper, files, a.seed, 0)
-    hist = {str(s): scales.count(s) for s in (1, 2, 4, 8)}
+    hist = {f"{s:g}": scales.count(s) for s in sorted(set(scales), reverse=True)}
     dims = {}
     for f in files:
         with Image.open(f) as im:
@@ -309,12 +238,10 @@ def main(argv: list[str] | None = None) -> int:
         ("wall" if a.clock == "cpu" else "cpu") + "_clock": {
             "images_per_sec": {k: round(statistics.median(v), 2) for k, v in other.items()},
             "ratio": round(statistics.median(other["new"]) / statistics.median(other["baseline"]), 4)},
-        "new_decode_scale": {"images_by_divisor": hist, "reduced_fraction": round(sum(s > 1 for s in scales) / len(scales), 4),
-                             "mean_divisor": round(statistics.fmean(scales), 4)},
+        "new_decode_scale": {"images_by_scale": hist, "reduced_fraction": round(sum(s < 1 for s in scales) / len(scales), 4),
+                             "mean_scale": round(statistics.fmean(scales), 4)},
         "sizes": dict(sorted(dims.items(), key=lambda kv: -kv[1])),
     }
-    if a.profile:
-        res["profile"] = profile(files[: a.profile], S, a.max_pixels, a.seed, time.process_time if a.clock == "cpu" else time.perf_counter)
 
     if not a.json_only:
         print(f"{len(files)} JPEGs from {a.data} ({', '.join(f'{k}: {v}' for k, v in res['sizes'].items())}), "
@@ -324,12 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                 "center": f"uint8 (3, {load_size_for(S)}, {load_size_for(S)})"}
         for k in PIPELINES:
             print(f"{k:<10} {med[k]:>10.1f} {1e3 / med[k]:>9.3f}  {' '.join(f'{x:.1f}' for x in rates[k]):<17}  {outs[k]}")
-        print(f"ratio new/baseline: {res['ratio']:.3f}; new decoded {hist} images at scale 1/1, 1/2, 1/4, 1/8 "
+        print(f"ratio new/baseline: {res['ratio']:.3f}; new decoded images at scales {hist} "
               f"(reduced: {res['new_decode_scale']['reduced_fraction']:.0%})")
-        if a.profile:
-            print(f"profile over {res['profile']['images']} images, ms per image:")
-            for k, v in res["profile"]["ms_per_image"].items():
-                print(f"  {k:<20} {v:8.3f}")
     print(json.dumps(res))
     return 0
 
