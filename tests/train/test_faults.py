@@ -193,3 +193,20 @@ def test_keep_last_k_checkpoints(tmp_path):
     kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert kept == ["epoch_0003.pt", "epoch_0004.pt", "epoch_0005.pt"]
     assert load_checkpoint(tmp_path / "checkpoints" / "epoch_0004.pt")["epoch"] == 4
+
+
+def test_a_skipped_step_leaves_bn_running_statistics_untouched(tmp_path):
+    """The forward of a step whose loss is NaN still ran BN in training mode; skipping it must undo that."""
+    cfg, train, val = load_training_data(_cfg(tmp_path, **{"train.skip_nonfinite": "true", "train.epochs": 1}))
+    ref = SimCLR.from_config(cfg, len(train.classes))
+    model = PoisonedSimCLR(ref.encoder, ref.head, cfg.loss.temperature, len(train.classes), ref.objective_scale, at_calls={0})
+    tr = Trainer(cfg, train, val, log=lambda *_: None, model=model)
+    bns = [m for m in tr.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns]
+    x, y, _ = next(tr.batches.epoch(0))
+    out = tr.train_step(x, y)
+    assert out.get("skipped") and tr.step == 1
+    for m, (mean, var, n) in zip(bns, before):
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var) and torch.equal(m.num_batches_tracked, n)
+    tr.train_step(x, y)  # a finite step moves them
+    assert not all(torch.equal(m.running_mean, mean) for m, (mean, _, _) in zip(bns, before))

@@ -170,6 +170,12 @@ class Trainer:
         # Disabled unless fp16: then scale() is the identity and step() a plain optimiser step.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.forward_backward = self._backward_path()
+        # BN running statistics as they were before the step: a skipped (non-finite) step leaves no trace in them
+        self._bn_buffers = [b for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                            for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+        self._bn_saved = [torch.empty_like(b) for b in self._bn_buffers] if t.skip_nonfinite else []
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes every step: pick the fastest convolutions once
         self.monitor = KnnMonitor(cfg, train, val, self.device, t.epochs)
         self.epoch = 0  # epochs completed
         self.step = 0  # optimiser steps completed
@@ -208,6 +214,8 @@ class Trainer:
         v1, v2 = (self._layout(v) for v in self.augment.views(x, g))
         labels = y.to(self.device, non_blocking=True) if self.num_classes else None
         self.optimizer.zero_grad(set_to_none=True)
+        if self._bn_saved:
+            torch._foreach_copy_(self._bn_saved, self._bn_buffers)
         out = self.forward_backward(v1, v2, labels)
         out["lr"] = torch.tensor(lr)
         # One host sync per step: the price of never applying a NaN update.
@@ -246,6 +254,8 @@ class Trainer:
                 f"the loss became non-finite at step {self.step + 1} (epoch {self.epoch + 1}); stopped, and the last good "
                 f"checkpoint (epoch {self.epoch}) is kept. Lower optim.base_lr, use train.precision fp32, or set "
                 "train.skip_nonfinite true to skip such steps")
+        if self._bn_saved:  # the forward of a skipped step updated them: undo
+            torch._foreach_copy_(self._bn_buffers, self._bn_saved)
         self.skipped += 1
         self.step += 1
         out["skipped"] = True
