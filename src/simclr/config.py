@@ -415,6 +415,20 @@ COMMAND_CONFIGS: dict[str, type] = {
     "views": ViewsConfig,
 }
 
+# Keys added after the first release whose default changed what a run computes: a saved config without them
+# ran with these values (``as_saved``), so resuming it with the new defaults is a conflict, not a silent switch.
+ADDED_KEYS = {"augment": {"convention": "torchvision"}, "loss": {"objective": "paper"}, "model": {"stage1_projection": False}}
+
+
+def as_saved(d: dict[str, Any]) -> dict[str, Any]:
+    """A saved config dict with the keys it predates filled with the values its run used (``ADDED_KEYS``)."""
+    out = {sec: dict(keys) if isinstance(keys, dict) else keys for sec, keys in d.items()}
+    for sec, added in ADDED_KEYS.items():
+        if isinstance(out.get(sec), dict):
+            out[sec] = {**added, **out[sec]}
+    return out
+
+
 # Values the first release wrote for "auto"; old recipes and run folders still load.
 _LEGACY_AUTO = {("data", "image_size"): 0, ("data", "num_workers"): -1, ("head", "hidden_dim"): 0}
 

@@ -318,3 +318,32 @@ def test_device_tensors_and_cpu_arrays_give_the_same_boxes(sampler, monkeypatch)
     monkeypatch.setattr(crop, "_uniforms", lambda *a: [torch.from_numpy(u) for u in real(*a)])  # the device branch
     dev = sampler(64, 375, 500, torch.Generator().manual_seed(7))
     assert torch.equal(cpu, dev) and cpu.dtype == dev.dtype == torch.float64
+
+
+def test_a_jpeg_pillow_reads_is_not_refused_by_the_fast_decoder(decoder):
+    """A stray restart marker in the scan: libjpeg-turbo in strict mode refuses it, Pillow steps over it; the
+    loader must use such a file as indexing and evaluation do."""
+    data = bytearray(_photo(320, 240, seed=5))
+    sos = data.index(b"\xff\xda")
+    pos = sos + (len(data) - sos) // 2
+    data[pos:pos] = b"\xff\xd3"
+    src = bytes(data)
+    decode_image(io.BytesIO(src))  # Pillow reads it
+    v = ViewCropper(32)(src, torch.Generator().manual_seed(0))
+    assert v.shape == (2, 3, 32, 32)
+
+
+def test_phone_photos_take_the_fast_path(monkeypatch):
+    """Phone cameras write MPO (JPEG + a preview image): Pillow calls it MPO; it is a JPEG to libjpeg-turbo."""
+    import simclr.data.crop as crop
+
+    if crop._simplejpeg is None:
+        pytest.skip("simplejpeg is not installed")
+    im = Image.open(io.BytesIO(_photo(240, 180)))
+    buf = io.BytesIO()
+    im.save(buf, "MPO", save_all=True, append_images=[im.resize((120, 90))])
+    assert Image.open(io.BytesIO(buf.getvalue())).format == "MPO"
+    calls = []
+    real = ViewCropper._decode_jpeg
+    monkeypatch.setattr(ViewCropper, "_decode_jpeg", lambda self, *a: calls.append(1) or real(self, *a))
+    assert ViewCropper(32)(buf.getvalue()).shape == (2, 3, 32, 32) and calls

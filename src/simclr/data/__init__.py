@@ -3,9 +3,9 @@
 Loading only decodes: images come out as uint8 tensors (B, 3, H, W) and every random transform
 happens on the training device. Small images (CIFAR, STL-10 sized) are decoded once into memory
 (STL-10's raw image files are memory-mapped instead: see ``stl10``) and batches are sliced from one
-tensor; large images are streamed through DataLoader workers, each resized (shorter side) and
-centre-cropped to a fixed load size slightly larger than the training size so that batches stack
-and the random resized crop on the device still sees (almost) the whole image.
+tensor; large images are streamed through DataLoader workers: for training each worker cuts both
+views from the image's whole frame (``crop.ViewCropper``); for evaluation each image is resized
+(shorter side) and centre-cropped to a fixed load size slightly larger than the evaluation size.
 
 A dataset spec is a folder path, WebDataset tar shards (a ``.tar`` file, a brace pattern such as
 ``shards/train-{000000..000031}.tar``, several joined by ``::``, or a folder holding only ``.tar``

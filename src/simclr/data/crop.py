@@ -19,8 +19,9 @@ device and two boxes per image in a loader worker.
 Large streamed images are not squashed to a square before cropping (that would hide the edges of every
 non-square photo from every view): ``ViewCropper`` draws both views' boxes over the whole frame, decodes
 the file once at the smallest JPEG scale that still gives each crop at least the training size
-(libjpeg's DCT scaling through Pillow's ``draft``: 1/2, 1/4 or 1/8 of the pixels to decode), and cuts
-and resizes each view with an antialiased bicubic filter (torch's uint8 kernel, Pillow's to one level). Flip, colour, grayscale and blur stay
+(libjpeg-turbo through simplejpeg, straight into numpy, at a DCT scale M/8; Pillow's ``draft`` at 1/2,
+1/4 or 1/8 for JPEGs simplejpeg refuses or when it is not installed), and cuts and resizes each view with
+an antialiased bicubic filter (torch's uint8 kernel, Pillow's to one level). Flip, colour, grayscale and blur stay
 batched on the device (``SimCLRAugment(..., precropped=True)``).
 """
 
@@ -205,25 +206,28 @@ class ViewCropper:
             # Each crop side may shrink by r and still give S pixels after the resize.
             r = float((boxes[:, 2:].min(1).values / self.size).min()) if self.reduced_decode else 1.0
             tag = orientation(im)
-            if _simplejpeg is not None and im.format == "JPEG" and im.mode in ("RGB", "L"):
-                frame, f = self._decode_jpeg(data if data is not None else _read(src), im.size, tag, r)
-            else:
-                frame, f = self._decode_pillow(im, r, W, H, swapped)
+            decoded = None
+            if _simplejpeg is not None and im.format in ("JPEG", "MPO") and im.mode in ("RGB", "L"):  # MPO: phone photos
+                decoded = self._decode_jpeg(data if data is not None else _read(src), im.size, tag, r)
+            # Pillow for the rest, and for JPEGs libjpeg-turbo refuses in strict mode but Pillow reads
+            # (a corrupt marker it can step over): the same files are usable as everywhere else.
+            frame, f = decoded if decoded is not None else self._decode_pillow(im, r, W, H, swapped)
             # A reduced decode rounds the size up: the last row/column holds only part of a pixel, and a
             # mirrored axis puts that partial pixel first, so the boxes shift by what it lacks.
             mx, my = MIRRORED_AXES.get(tag, (False, False))
             shift = ((frame.shape[1] - W * f) if mx else 0.0, (frame.shape[0] - H * f) if my else 0.0)
             return self._cut(frame, boxes, f, shift)  # inside: the frame may share memory with ``im``
 
-    def _decode_jpeg(self, data: bytes, stored: tuple[int, int], tag: int | None, r: float) -> tuple[np.ndarray, float]:
+    def _decode_jpeg(self, data: bytes, stored: tuple[int, int], tag: int | None, r: float) -> tuple[np.ndarray, float] | None:
         """libjpeg-turbo straight into an RGB array (about twice Pillow's speed with its copy), at the smallest
-        DCT scale M/8 that keeps every crop at least S pixels when r >= 2; (oriented frame, scale)."""
+        DCT scale M/8 that keeps every crop at least S pixels when r >= 2; (oriented frame, scale), or None
+        when it refuses the data."""
         sw, sh = stored
         mins = dict(min_width=math.ceil(sw / r), min_height=math.ceil(sh / r)) if r >= 2 else {}
         try:
             a = _simplejpeg.decode_jpeg(data, colorspace="RGB", **mins)
-        except Exception as e:  # corrupt or truncated data (strict: recoverable errors are errors too)
-            raise BadImageError(f"cannot decode ({describe(e)})") from None
+        except Exception:  # corrupt or truncated data (strict: recoverable errors too): Pillow decides
+            return None
         dh, dw = a.shape[:2]
         f = 1.0
         if (dw, dh) != (sw, sh):

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from simclr.checkpoint import atomic_write
-from simclr.config import ConfigError, validate
+from simclr.config import AugmentConfig, ConfigError, as_saved, config_from_dict, validate
 from simclr.data import DataError
 from simclr.data.augment import SimCLRAugment
 from simclr.data.errors import printable
@@ -74,7 +74,7 @@ def scaled_std(x: torch.Tensor) -> float:
 
 def analyze(encoder: nn.Module, head: nn.Module | None, ds, image_size: int, device: torch.device, out: str | Path,
             max_images: int = 2000, seed: int = 0, queries: int = 6, neighbours: int = 7, log=print,
-            crop_fraction: float | None = None) -> dict:
+            crop_fraction: float | None = None, augment: AugmentConfig | None = None) -> dict:
     """Compute the diagnostics on up to ``max_images`` images of ``ds`` (all of them when it has fewer)
     and write PNGs + analysis.json. Fewer than ``MIN_IMAGES`` images are refused (DataError): a handful
     of points has no meaningful rank, spread or uniformity."""
@@ -87,7 +87,7 @@ def analyze(encoder: nn.Module, head: nn.Module | None, ds, image_size: int, dev
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(ds), generator=g)[: min(max_images, len(ds))].sort().values
     head = head if head is not None else nn.Identity()
-    aug = SimCLRAugment(image_size)
+    aug = SimCLRAugment(image_size, augment)  # the run's own augmentation (convention, strength) when known
     g_views = g if device.type == "cpu" else None
     h, z = extract_features(encoder, ds, image_size, device, head=head, indices=idx, crop_fraction=crop_fraction)
     _, z1 = extract_features(encoder, ds, image_size, device, head=head, indices=idx, augment=aug, generator=g_views)
@@ -190,8 +190,11 @@ def analyze_run(cfg, log=print) -> dict:
     if len(inp.data) < MIN_IMAGES:
         raise DataError(f"the analysis needs at least {MIN_IMAGES} images, {printable(cfg.data.path)} has {len(inp.data)}")
     head = inp.run.head if inp.run is not None else None
+    augment = None
+    if inp.run is not None and isinstance(inp.run.config.get("augment"), dict):
+        augment = config_from_dict({"augment": as_saved(inp.run.config)["augment"]}).augment
     return analyze(inp.encoder, head, inp.data, inp.image_size, inp.device, inp.out, max_images=cfg.analyze.max_images,
-                   seed=cfg.eval.seed, log=log, crop_fraction=inp.crop_fraction)
+                   seed=cfg.eval.seed, log=log, crop_fraction=inp.crop_fraction, augment=augment)
 
 
 def _refuse_out_in_data(out: str, data: str) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from simclr.checkpoint import CheckpointError, nonfinite_tensors
-from simclr.config import Config, ConfigError, config_to_dict
+from simclr.config import Config, ConfigError, as_saved, config_to_dict
 from simclr.data import Batches, ImageSet
 from simclr.data.crop import ViewCropper
 from simclr.data.augment import SimCLRAugment
@@ -428,10 +428,6 @@ RESUMABLE_CHANGES = {
     "monitor": {"knn_every", "knn_k", "knn_temperature", "knn_max_images"},
 }
 
-# Keys added after the first release whose default changed what a run computes: a saved config without
-# them ran with these values, so a resume with the new defaults is a conflict, not a silent switch.
-ADDED_KEYS = {"augment": {"convention": "torchvision"}, "loss": {"objective": "paper"}, "model": {"stage1_projection": False}}
-
 
 def data_fingerprint(ds: ImageSet) -> str:
     """A digest of what a dataset is, independent of where it lies: each image's name relative to its class
@@ -455,16 +451,12 @@ def resume_conflicts(saved: dict, current: dict) -> list[str]:
     """The settings of ``current`` (a config dict) that differ from the run's ``saved`` ones and would change
     what the resumed run computes, as readable lines."""
     out = []
+    saved = as_saved(saved)  # keys the run predates hold the values it ran with
     for section, keys in current.items():
         for name, value in keys.items():
-            if name in RESUMABLE_CHANGES.get(section, ()):
+            if name in RESUMABLE_CHANGES.get(section, ()) or name not in saved.get(section, {}):
                 continue
-            if name in saved.get(section, {}):
-                before = saved[section][name]
-            elif name in ADDED_KEYS.get(section, {}):
-                before = ADDED_KEYS[section][name]
-            else:
-                continue
+            before = saved[section][name]
             if isinstance(value, (list, tuple)):
                 value, before = list(value), list(before) if isinstance(before, (list, tuple)) else before
             if before != value:
