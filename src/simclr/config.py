@@ -226,7 +226,8 @@ class TrainConfig:
     checkpoint_minutes: float = key(15.0, "also checkpoint mid-epoch after this many minutes (preemptible machines); 0 = off",
                                     lo=0, hi=1e6)
     threads: int = key(0, "torch intra-op threads on CPU; 0 = PyTorch's default", lo=0, hi=1024)
-    dist_timeout: float = key(60.0, "seconds a collective may wait under torchrun before the run fails", gt=0, hi=1e6)
+    # Longer than a cold torch.compile (20-117 s measured on CPU) or a slow rank's first indexing of a big folder.
+    dist_timeout: float = key(600.0, "seconds a collective may wait under torchrun before the run fails", gt=0, hi=1e6)
     # > 0: gradient-cached step over chunks of this many images (huge batches on one device; BN then
     # sees chunk statistics, see docs/distributed.md); 0: the plain step.
     chunk_size: int = key(0, "> 0: gradient-cached step over chunks of this many images; 0: the plain step", lo=0, hi=1 << 24)

@@ -151,7 +151,8 @@ class Trainer:
         self.num_classes = len(train.classes) if (train.has_labels and cfg.monitor.online_linear) else 0
         self.model = model if model is not None else SimCLR.from_config(cfg, self.num_classes)
         if env.distributed:
-            self.model = convert_global_bn(self.model)  # the paper's global BN: statistics over all devices
+            # the paper's global BN: SyncBatchNorm on CUDA, the lean GlobalBatchNorm on CPU/gloo
+            self.model = convert_global_bn(self.model, self.device)
         self.model = self.model.to(self.device, memory_format=torch.channels_last if t.channels_last else torch.preserve_format)
         self.augment, self.batches = training_input(cfg, train, self.local_batch, env.rank, env.world_size)
         self.steps_per_epoch = len(self.batches)
