@@ -196,3 +196,70 @@ def test_precropped_views_are_only_flipped_and_coloured():
         aug(torch.zeros(2, 3, 10, 12), precropped=True)
     v1, v2 = aug.views(torch.stack((x, x.flip(-1)), 1), torch.Generator().manual_seed(0))
     assert v1.shape == v2.shape == (8, 3, 12, 12)
+
+
+# -- no host synchronisation: masks instead of index lists, the same arithmetic per image ---------------------
+
+
+def _indexed_color(aug, x, g):
+    """The colour distortion as the first releases computed it (index_select / index_copy per operation)."""
+    from simclr.data.augment import adjust_saturation_hsv, hsv_to_rgb, rgb_to_grayscale, rgb_to_hsv
+
+    b, dev, s = x.shape[0], x.device, float(aug.color_strength)
+    on = torch.rand(b, device=dev, generator=g) < aug.color_p
+    lo, hi = max(0.0, 1 - 0.8 * s), 1 + 0.8 * s
+    factors = [torch.rand(b, device=dev, generator=g) * (hi - lo) + lo for _ in range(3)]
+    hue = torch.rand(b, device=dev, generator=g) * (0.4 * s) - 0.2 * s
+    order = torch.rand(b, 4, device=dev, generator=g).argsort(1)
+    for slot in range(4):
+        for op in range(4):
+            idx = torch.nonzero(on & (order[:, slot] == op)).squeeze(1)
+            if idx.numel() == 0:
+                continue
+            xi = x.index_select(0, idx)
+            if op == 0:
+                xi = xi * factors[0][idx].view(-1, 1, 1, 1)
+            elif op == 1:
+                f = factors[1][idx].view(-1, 1, 1, 1)
+                mean = xi.mean((2, 3), keepdim=True)
+                xi = (xi - mean) * f + mean
+            elif op == 2 and aug.official:
+                xi = adjust_saturation_hsv(xi, factors[2][idx])
+            elif op == 2:
+                f = factors[2][idx].view(-1, 1, 1, 1)
+                gray = rgb_to_grayscale(xi)
+                xi = (xi - gray) * f + gray
+            else:
+                hsv = rgb_to_hsv(xi)
+                hsv[:, 0] = (hsv[:, 0] + hue[idx].view(-1, 1, 1)) % 1.0
+                xi = hsv_to_rgb(hsv)
+            x = x.index_copy(0, idx, xi.clamp_(0.0, 1.0))
+    return x
+
+
+@pytest.mark.parametrize("convention", ["official", "torchvision"])
+def test_masked_colour_and_blur_are_bit_identical_to_the_indexed_ones(convention, monkeypatch):
+    """Accelerators and compiled code take the masked path (no host synchronisation), eager CPU the indexed one:
+    for the same draws both give the same bits, and the indexed one is the first releases' computation."""
+    import simclr.data.augment as augment
+
+    aug = SimCLRAugment(24, convention=convention, color_strength=1.0, color_p=0.8, blur_p=0.5)
+    for seed in range(3):
+        x = torch.rand(64, 3, 24, 24, generator=torch.Generator().manual_seed(100 + seed))
+        indexed = aug._color(x.clone(), torch.Generator().manual_seed(seed))
+        first = _indexed_color(aug, x.clone(), torch.Generator().manual_seed(seed))
+        blur_indexed = aug._blur(x.clone(), torch.Generator().manual_seed(seed))
+        monkeypatch.setattr(augment, "_indexing_pays", lambda x: False)
+        masked = aug._color(x.clone(), torch.Generator().manual_seed(seed))
+        blur_masked = aug._blur(x.clone(), torch.Generator().manual_seed(seed))
+        monkeypatch.undo()
+        assert torch.equal(indexed, first) and torch.equal(masked, indexed) and not torch.equal(masked, x)
+        assert torch.allclose(blur_masked, blur_indexed, rtol=0, atol=1e-6) and not torch.equal(blur_masked, x)
+
+
+def test_augmentation_compiles_as_one_graph_given_its_draws():
+    """No data-dependent shapes or host reads: torch.compile(fullgraph=True) accepts the whole chain once the
+    generator stays outside (the draws are made by the same code, from the same seed)."""
+    aug = SimCLRAugment(32, blur_p=0.5, color_strength=1.0)
+    explained = torch._dynamo.explain(lambda x: aug(x, None))(torch.rand(8, 3, 40, 40))
+    assert explained.graph_break_count == 0, explained.break_reasons

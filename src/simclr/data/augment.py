@@ -94,9 +94,41 @@ def center_resize(x: torch.Tensor, size: int, fraction: float = 1.0) -> torch.Te
 
 def adjust_saturation_hsv(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """tf.image.adjust_saturation: S of HSV times ``factor`` (B,), clipped to [0, 1]; x (B, 3, H, W)."""
-    hsv = rgb_to_hsv(x)
-    hsv[:, 1] = (hsv[:, 1] * factor.view(-1, 1, 1)).clamp_(0.0, 1.0)
-    return hsv_to_rgb(hsv)
+    return hsv_to_rgb(_hsv_op(rgb_to_hsv(x), 2, factor, factor))
+
+
+def _brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """Multiplicative, as SimCLRv2's implementation; f (B, 1, 1, 1)."""
+    return x * f
+
+
+def _contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """Around each channel's mean, as tf.image.adjust_contrast; f (B, 1, 1, 1)."""
+    mean = x.mean((2, 3), keepdim=True)
+    return (x - mean) * f + mean
+
+
+def _blend_saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """torchvision's saturation: a blend with the grayscale image; f (B, 1, 1, 1)."""
+    gray = rgb_to_grayscale(x)
+    return (x - gray) * f + gray
+
+
+def _hsv_op(hsv: torch.Tensor, op: int, f_s: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
+    """On (B, 3, H, W) HSV: op 3 rotates the hue by ``hue`` (B,); op 2 scales S by ``f_s`` and clips
+    (tf.image.adjust_saturation). Returns a new tensor."""
+    h, s, v = hsv.unbind(1)
+    if op == 3:
+        h = (h + hue.view(-1, 1, 1)) % 1.0
+    else:
+        s = (s * f_s.view(-1, 1, 1)).clamp(0.0, 1.0)
+    return torch.stack((h, s, v), 1)
+
+
+def _indexing_pays(x: torch.Tensor) -> bool:
+    """Gather the images an operation applies to (less arithmetic, but data-dependent shapes that make an
+    accelerator wait for the host) on the CPU in eager mode; elsewhere mask (no waiting, one compiled graph)."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def _uniform(n: int, lo: float, hi: float, device, generator) -> torch.Tensor:
@@ -191,29 +223,48 @@ class SimCLRAugment:
         hue = _uniform(b, -0.2 * s, 0.2 * s, dev, g)
         # An independent order of the four operations for every image.
         order = torch.rand(b, 4, device=dev, generator=g).argsort(1)
+        f_b, f_c, f_s = (f.view(-1, 1, 1, 1) for f in factors)
+        if _indexing_pays(x):
+            return self._color_indexed(x, on, order, f_b, f_c, f_s, hue)
+        return self._color_masked(x, on, order, f_b, f_c, f_s, hue)
+
+    def _color_indexed(self, x, on, order, f_b, f_c, f_s, hue) -> torch.Tensor:
+        """Each operation on the images that drew it at this slot (gathered by index): the least arithmetic."""
         for slot in range(4):
             for op in range(4):
                 idx = torch.nonzero(on & (order[:, slot] == op)).squeeze(1)
                 if idx.numel() == 0:
                     continue
                 xi = x.index_select(0, idx)
-                if op == 0:  # brightness: multiplicative, as SimCLRv2's implementation
-                    xi = xi * factors[0][idx].view(-1, 1, 1, 1)
-                elif op == 1:  # contrast: around each channel's mean, as tf.image.adjust_contrast
-                    f = factors[1][idx].view(-1, 1, 1, 1)
-                    mean = xi.mean((2, 3), keepdim=True)
-                    xi = (xi - mean) * f + mean
-                elif op == 2 and self.official:  # saturation: scale S in HSV (tf.image.adjust_saturation)
-                    xi = adjust_saturation_hsv(xi, factors[2][idx])
-                elif op == 2:  # saturation: blend with the grayscale image (torchvision)
-                    f = factors[2][idx].view(-1, 1, 1, 1)
-                    gray = rgb_to_grayscale(xi)
-                    xi = (xi - gray) * f + gray
-                else:  # hue: rotate in HSV
+                if op == 0:
+                    xi = _brightness(xi, f_b[idx])
+                elif op == 1:
+                    xi = _contrast(xi, f_c[idx])
+                elif op == 2 and not self.official:
+                    xi = _blend_saturation(xi, f_s[idx])
+                else:  # hue, and the official saturation: in HSV
                     hsv = rgb_to_hsv(xi)
-                    hsv[:, 0] = (hsv[:, 0] + hue[idx].view(-1, 1, 1)) % 1.0
+                    hsv = _hsv_op(hsv, op, f_s[idx], hue[idx])
                     xi = hsv_to_rgb(hsv)
                 x = x.index_copy(0, idx, xi.clamp_(0.0, 1.0))
+        return x
+
+    def _color_masked(self, x, on, order, f_b, f_c, f_s, hue) -> torch.Tensor:
+        """Every operation of a slot on the whole batch, each image keeping the one it drew: no host
+        synchronisation and one graph for torch.compile, at about three times the arithmetic of
+        ``_color_indexed`` (bit-identical per image: the same formulas, elementwise or per image)."""
+        hsv_ops = (2, 3) if self.official else (3,)
+        for slot in range(4):
+            op = torch.where(on, order[:, slot], -1).view(-1, 1, 1, 1)  # -1: colour distortion off for the image
+            y = torch.where(op == 0, _brightness(x, f_b), x)
+            y = torch.where(op == 1, _contrast(x, f_c), y)
+            if not self.official:
+                y = torch.where(op == 2, _blend_saturation(x, f_s), y)
+            hsv = rgb_to_hsv(x)
+            hsv = torch.where(op == 3, _hsv_op(hsv, 3, f_s, hue), _hsv_op(hsv, 2, f_s, hue) if self.official else hsv)
+            in_hsv = (op == hsv_ops[0]) | (op == hsv_ops[-1])
+            y = torch.where(in_hsv, hsv_to_rgb(hsv), y)
+            x = torch.where(op >= 0, y.clamp(0.0, 1.0), x)
         return x
 
     def _gray(self, x: torch.Tensor, g) -> torch.Tensor:
@@ -230,14 +281,21 @@ class SimCLRAugment:
         on = _bernoulli(b, self.blur_p, x.device, g)
         # official: one sigma for the whole batch of views (batch_random_blur); torchvision: one per image
         sigma = _uniform(1 if self.official else b, self.blur_sigma[0], self.blur_sigma[1], x.device, g).expand(b)
-        idx = torch.nonzero(on).squeeze(1)
-        if idx.numel() == 0:
-            return x
-        n = idx.numel()
+        if _indexing_pays(x):  # only the images that drew a blur
+            idx = torch.nonzero(on).squeeze(1)
+            if idx.numel() == 0:
+                return x
+            return x.index_copy(0, idx, self._convolve(x.index_select(0, idx), sigma[idx], radius))
+        # Every image is blurred and those that drew no blur keep their pixels: no host synchronisation.
+        return torch.where(on.view(-1, 1, 1, 1), self._convolve(x, sigma, radius), x)
+
+    def _convolve(self, x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
+        """Separable Gaussian blur of x (n, C, H, W), one sigma (n,) per image, kernel 2 * radius + 1."""
+        n, c, h, w = x.shape
         taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-        k = torch.exp(-(taps**2) / (2 * sigma[idx].view(-1, 1) ** 2))
+        k = torch.exp(-(taps**2) / (2 * sigma.view(-1, 1) ** 2))
         k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (n*c, K)
-        xi = x.index_select(0, idx).reshape(1, n * c, h, w)
+        xi = x.reshape(1, n * c, h, w)
         if self.official:  # 'SAME' convolution: zeros outside the image
             xi = F.pad(xi, (radius, radius, radius, radius))
         elif radius > min(h, w) - 1:  # reflect padding needs pad < side; fall back to replicate for tiny inputs
@@ -246,7 +304,7 @@ class SimCLRAugment:
             xi = F.pad(xi, (radius, radius, radius, radius), mode="reflect")
         xi = F.conv2d(xi, k.view(n * c, 1, 1, -1), groups=n * c)
         xi = F.conv2d(xi, k.view(n * c, 1, -1, 1), groups=n * c)
-        return x.index_copy(0, idx, xi.view(n, c, h, w))
+        return xi.view(n, c, h, w)
 
     def views(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The two training views (each (B, 3, S, S) float32 in [0, 1]) of a batch as the loader gives it:
