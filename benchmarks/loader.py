@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import sys
 import time
@@ -62,6 +61,7 @@ import PIL
 import torch
 from PIL import Image
 
+from simclr.runtime import cpu_model
 from simclr.config import AugmentConfig, DataConfig
 from simclr.data.batches import image_seed
 from simclr.data.crop import ViewCropper
@@ -69,16 +69,6 @@ from simclr.data.decode import load_fixed, load_size_for
 
 PIPELINES = ("new", "baseline", "center")
 _SUFFIXES = {".jpg", ".jpeg"}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def list_jpegs(root: Path, sizes: set[tuple[int, int]] | None, limit: int | None) -> list[str]:

@@ -79,6 +79,7 @@ from pathlib import Path
 import torch
 from torch.overrides import TorchFunctionMode
 
+from simclr.runtime import cpu_model
 from simclr.config import Config, apply_overrides
 from simclr.train import Trainer
 from simclr.train.pretrain import load_training_data
@@ -250,16 +251,6 @@ def count_cuda_syncs(trainer: Trainer, it, steps: int, sites: bool = False) -> d
     if sites:
         res["sync_sites"] = res["sync_breakdown"]
     return res
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def measure(args, precision: str, compile_: bool) -> dict:

@@ -6,12 +6,14 @@ Small and dependency-free on purpose: training, evaluation and the tools all use
 from __future__ import annotations
 
 import contextlib
+import platform
+from pathlib import Path
 
 import torch
 
 from simclr.config import ConfigError
 
-__all__ = ["pick_device", "autocast_for", "step_generator", "seeded"]
+__all__ = ["pick_device", "autocast_for", "step_generator", "seeded", "cpu_model"]
 
 
 def pick_device(name: str) -> torch.device:
@@ -63,3 +65,14 @@ def seeded(seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+def cpu_model() -> str:
+    """The processor's model name (from /proc/cpuinfo where there is one), for benchmark records."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
