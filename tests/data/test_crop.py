@@ -181,6 +181,7 @@ def decoder(request, monkeypatch):
     return request.param
 
 
+@pytest.mark.slow
 def test_reduced_scale_decode_matches_full_decode(decoder):
     src = _photo(1600, 1200)
     cropper = ViewCropper(96)

@@ -333,6 +333,7 @@ def test_pretrain_from_shards_and_resume(tmp_path, spec):
     assert [r["images"] for r in recs] == [48, 48, 48] and recs[-1]["step"] == 18
 
 
+@pytest.mark.slow
 def test_moved_shards_resume_and_views_read_them(tmp_path):
     """The data fingerprint names shard files, not their folder: moved shards still resume; `simclr views`
     shows the whole frame of a streamed shard sample."""
