@@ -243,15 +243,18 @@ def test_masked_colour_and_blur_are_bit_identical_to_the_indexed_ones(convention
     for the same draws both give the same bits, and the indexed one is the first releases' computation."""
     import simclr.data.augment as augment
 
-    aug = SimCLRAugment(24, convention=convention, color_strength=1.0, color_p=0.8, blur_p=0.5)
+    # sigma from 0.5: at 0.1 a 3-tap kernel is the identity in float32, and "the blur changed x" would not hold
+    aug = SimCLRAugment(24, convention=convention, color_strength=1.0, color_p=0.8, blur_p=0.5, blur_sigma=(0.5, 2.0))
     for seed in range(3):
         x = torch.rand(64, 3, 24, 24, generator=torch.Generator().manual_seed(100 + seed))
-        indexed = aug._color(x.clone(), torch.Generator().manual_seed(seed))
+        colour = aug._draw_color(64, "cpu", torch.Generator().manual_seed(seed))
+        blur = aug._draw_gray_blur(64, "cpu", torch.Generator().manual_seed(seed))
+        indexed = aug._color(x.clone(), colour)
         first = _indexed_color(aug, x.clone(), torch.Generator().manual_seed(seed))
-        blur_indexed = aug._blur(x.clone(), torch.Generator().manual_seed(seed))
+        blur_indexed = aug._blur(x.clone(), blur)
         monkeypatch.setattr(augment, "_indexing_pays", lambda x: False)
-        masked = aug._color(x.clone(), torch.Generator().manual_seed(seed))
-        blur_masked = aug._blur(x.clone(), torch.Generator().manual_seed(seed))
+        masked = aug._color(x.clone(), colour)
+        blur_masked = aug._blur(x.clone(), blur)
         monkeypatch.undo()
         assert torch.equal(indexed, first) and torch.equal(masked, indexed) and not torch.equal(masked, x)
         assert torch.allclose(blur_masked, blur_indexed, rtol=0, atol=1e-6) and not torch.equal(blur_masked, x)
@@ -263,3 +266,33 @@ def test_augmentation_compiles_as_one_graph_given_its_draws():
     aug = SimCLRAugment(32, blur_p=0.5, color_strength=1.0)
     explained = torch._dynamo.explain(lambda x: aug(x, None))(torch.rand(8, 3, 40, 40))
     assert explained.graph_break_count == 0, explained.break_reasons
+    draws = aug.draw(8, 40, 40, "cpu", torch.Generator().manual_seed(0))
+    explained = torch._dynamo.explain(aug.apply)(torch.rand(8, 3, 40, 40), draws)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+
+
+def test_draw_then_apply_is_the_call():
+    """``aug(x, g)`` is ``aug.apply(x, aug.draw(..., g))``: the split the compiled training step uses draws the
+    same numbers in the same order."""
+    for keys in ({}, {"convention": "torchvision", "blur_p": 0.5}, {"crop": False, "color": False}):
+        aug = SimCLRAugment(24, **keys)
+        x = torch.randint(0, 256, (6, 3, 30, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+        whole = aug(x, torch.Generator().manual_seed(5))
+        draws = aug.draw(6, 30, 24, "cpu", torch.Generator().manual_seed(5))
+        assert torch.equal(aug.apply(x, draws), whole)
+
+
+@pytest.mark.slow
+def test_compiled_augmentation_equals_eager():
+    """``SimCLRAugment.compile()`` (what ``train.compile`` turns on): one Inductor graph, the eager masked
+    result to float rounding, for the same draws."""
+    import simclr.data.augment as augment
+
+    aug = SimCLRAugment(24, blur_p=1.0, color_strength=1.0)
+    x = torch.randint(0, 256, (16, 3, 32, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    draws = aug.draw(16, 32, 28, "cpu", torch.Generator().manual_seed(2))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(augment, "_indexing_pays", lambda x: False)
+        eager = aug.apply(x, draws)
+    compiled = aug.compile()._apply(x, draws)
+    torch.testing.assert_close(compiled, eager, atol=2e-5, rtol=0)

@@ -90,3 +90,22 @@ def test_bad_inputs():
         nt_xent(torch.randn(2, 3), torch.randn(2, 3), 0.0)
     with pytest.raises(ValueError, match="z1 and z2"):
         nt_xent(torch.randn(2, 3), torch.randn(3, 3), 0.5)
+
+
+def test_accuracy_is_the_argmax_accuracy_without_ties():
+    """contrastive_accuracy (positive >= row max, a formulation Triton compiles) equals the brute-force
+    fraction of rows whose argmax is the positive, local and with gathered negatives."""
+    from simclr.model.losses import contrastive_accuracy
+
+    g = torch.Generator().manual_seed(3)
+    for n, m, offset in ((6, 6, 0), (5, 15, 5), (40, 40, 0)):
+        z_all1, z_all2 = torch.randn(m, 8, generator=g), torch.randn(m, 8, generator=g)
+        z1, z2 = z_all1[offset : offset + n] + 0.3 * torch.randn(n, 8, generator=g), z_all2[offset : offset + n]
+        z_all1 = z_all1.clone()
+        z_all1[offset : offset + n] = z1
+        logits, labels = contrastive_logits(z1, z2, 0.5, z_all1, z_all2, offset)
+        brute = sum(int(logits[i].argmax()) == int(labels[i]) for i in range(2 * n)) / (2 * n)
+        assert 0 < brute < 1 or n == 40
+        assert contrastive_accuracy(logits, labels).item() == pytest.approx(brute, abs=1e-7)
+        _, acc = nt_xent_with_accuracy(z1, z2, 0.5, z_all1, z_all2, offset)
+        assert acc.item() == pytest.approx(brute, abs=1e-7)

@@ -323,3 +323,36 @@ def test_global_bn_and_gather_compile_without_graph_breaks(tmp_path):
     for r in range(2):
         res = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
         assert res["breaks"] == 0, res["reasons"]
+
+
+def _ddp_compile_worker(rank, world, port, out):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from conftest import simclr_model
+    from simclr.train.distributed import convert_global_bn, gather_with_grad
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        net = DDP(convert_global_bn(simclr_model(num_classes=5), "cpu"), broadcast_buffers=False)
+        g = torch.Generator().manual_seed(rank)
+        x1, x2 = torch.rand(4, 3, 16, 16, generator=g), torch.rand(4, 3, 16, 16, generator=g)
+        y = torch.randint(0, 5, (4,), generator=g)
+        ex = torch._dynamo.explain(net)(x1, x2, y, gather=gather_with_grad, rank=rank)
+        torch.save({"breaks": ex.graph_break_count, "reasons": [str(r.reason) for r in ex.break_reasons]}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_the_ddp_training_forward_compiles_with_at_most_two_breaks(tmp_path):
+    """Issue 11, acceptance 3: the model as the Trainer compiles it under 2-process gloo (DDP, global BN,
+    negatives gathered with gradients, online probe) breaks the graph at most twice."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_compile_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    for r in range(2):
+        res = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
+        assert res["breaks"] <= 2, res["reasons"]

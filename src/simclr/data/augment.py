@@ -64,6 +64,12 @@ def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
     return torch.stack((h, s, maxc), 1)
 
 
+# Sector i (0..5) of the hue takes r, g, b from (v, q, p, t) at these positions (the usual HSV table:
+# r = v, q, p, p, t, v; g = t, v, v, q, p, p; b = p, p, t, v, v, q), packed 2 bits per sector.
+_SECTOR_TABLE = ((0, 3, 2), (1, 0, 2), (2, 0, 3), (2, 1, 0), (3, 2, 0), (0, 2, 1))
+_SECTOR_CODES = tuple(sum(row[c] << (2 * k) for k, row in enumerate(_SECTOR_TABLE)) for c in range(3))
+
+
 def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) HSV with hue in [0, 1) -> RGB in [0, 1]."""
     h, s, v = x.unbind(1)
@@ -74,8 +80,9 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
     # Rows: sector 0..5; columns: which of (v, q, p, t) feeds r, g, b.
     choices = torch.stack((v, q, p, t), 1)  # (B, 4, H, W)
-    table = torch.tensor([[0, 3, 2], [1, 0, 2], [2, 0, 3], [2, 1, 0], [3, 2, 0], [0, 2, 1]], device=x.device)
-    idx = table[i].permute(0, 3, 1, 2)  # (B, 3, H, W)
+    # Which of (v, q, p, t) feeds r, g, b in sector i: 2-bit fields of one integer per channel, read
+    # by shifts (a lookup table made with torch.tensor(..., device=) is a blocking copy at every call).
+    idx = torch.stack([(torch.full_like(i, code) >> (2 * i)) & 3 for code in _SECTOR_CODES], 1)  # (B, 3, H, W)
     return torch.gather(choices, 1, idx)
 
 
@@ -186,18 +193,22 @@ class SimCLRAugment:
         return f"SimCLRAugment(image_size={self.image_size}, cfg={self.cfg})"
 
     # -- geometry ---------------------------------------------------------------------------
-    def _crop_flip(self, x: torch.Tensor, g, precropped: bool) -> torch.Tensor:
+    def _draw_crop_flip(self, b: int, h: int, w: int, device, g, precropped: bool) -> dict:
+        if precropped:
+            return {"flip": _bernoulli(b, self.flip_p, device, g)}
+        return {"box": sample_boxes(b, h, w, self.cfg, g, device), "flip": _bernoulli(b, self.flip_p, device, g)}
+
+    def _crop_flip(self, x: torch.Tensor, d: dict, precropped: bool) -> torch.Tensor:
         b, _, h, w = x.shape
         s = self.image_size
         if precropped:
             if (h, w) != (s, s):
                 raise ValueError(f"precropped views must be {s}x{s}, got {h}x{w}")
-            flip = _bernoulli(b, self.flip_p, x.device, g).view(-1, 1, 1, 1)
-            return torch.where(flip, x.flip(3), x)
-        x0, y0, cw, ch = sample_boxes(b, h, w, self.cfg, g, x.device).to(x.dtype).unbind(1)
-        flip = _bernoulli(b, self.flip_p, x.device, g)
-        if not self.crop and not flip.any() and (h, w) == (s, s):
-            return x
+            return torch.where(d["flip"].view(-1, 1, 1, 1), x.flip(3), x)
+        flip = d["flip"]
+        if not self.crop and (h, w) == (s, s):  # nothing to resample: an exact flip
+            return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+        x0, y0, cw, ch = d["box"].to(x.dtype).unbind(1)
         # One affine resampling does crop, resize and flip together: output coordinate u in
         # [-1, 1] maps to input centre + half-extent * u (align_corners=False convention).
         sx = cw / w * torch.where(flip, -1.0, 1.0)
@@ -211,19 +222,23 @@ class SimCLRAugment:
         return out.clamp_(0.0, 1.0)
 
     # -- colour -----------------------------------------------------------------------------
-    def _color(self, x: torch.Tensor, g) -> torch.Tensor:
-        b = x.shape[0]
-        dev = x.device
+    def _draw_color(self, b: int, dev, g) -> dict:
         s = float(self.color_strength)
         if s == 0 or self.color_p == 0:
-            return x
+            return {}
         on = _bernoulli(b, self.color_p, dev, g)
         strengths = (0.8 * s, 0.8 * s, 0.8 * s)
-        factors = [_uniform(b, max(0.0, 1 - m), 1 + m, dev, g) for m in strengths]
+        f_b, f_c, f_s = (_uniform(b, max(0.0, 1 - m), 1 + m, dev, g) for m in strengths)
         hue = _uniform(b, -0.2 * s, 0.2 * s, dev, g)
         # An independent order of the four operations for every image.
         order = torch.rand(b, 4, device=dev, generator=g).argsort(1)
-        f_b, f_c, f_s = (f.view(-1, 1, 1, 1) for f in factors)
+        return {"color_on": on, "f_b": f_b, "f_c": f_c, "f_s": f_s, "hue": hue, "order": order}
+
+    def _color(self, x: torch.Tensor, d: dict) -> torch.Tensor:
+        if "color_on" not in d:
+            return x
+        on, order, hue = d["color_on"], d["order"], d["hue"]
+        f_b, f_c, f_s = (d[k].view(-1, 1, 1, 1) for k in ("f_b", "f_c", "f_s"))
         if _indexing_pays(x):
             return self._color_indexed(x, on, order, f_b, f_c, f_s, hue)
         return self._color_masked(x, on, order, f_b, f_c, f_s, hue)
@@ -267,20 +282,28 @@ class SimCLRAugment:
             x = torch.where(op >= 0, y.clamp(0.0, 1.0), x)
         return x
 
-    def _gray(self, x: torch.Tensor, g) -> torch.Tensor:
-        if self.gray_p == 0:
-            return x
-        on = _bernoulli(x.shape[0], self.gray_p, x.device, g).view(-1, 1, 1, 1)
-        return torch.where(on, rgb_to_grayscale(x).expand_as(x), x)
+    def _draw_gray_blur(self, b: int, dev, g) -> dict:
+        d = {}
+        if self.gray_p != 0:
+            d["gray_on"] = _bernoulli(b, self.gray_p, dev, g)
+        if self.blur_p != 0 and self._blur_radius() >= 1:
+            d["blur_on"] = _bernoulli(b, self.blur_p, dev, g)
+            # official: one sigma for the whole batch of views (batch_random_blur); torchvision: one per image
+            d["sigma"] = _uniform(1 if self.official else b, self.blur_sigma[0], self.blur_sigma[1], dev, g).expand(b)
+        return d
 
-    def _blur(self, x: torch.Tensor, g) -> torch.Tensor:
-        b, c, h, w = x.shape
-        radius = int(self.image_size * self.blur_kernel_frac) // 2
-        if self.blur_p == 0 or radius < 1:
+    def _blur_radius(self) -> int:
+        return int(self.image_size * self.blur_kernel_frac) // 2
+
+    def _gray(self, x: torch.Tensor, d: dict) -> torch.Tensor:
+        if "gray_on" not in d:
             return x
-        on = _bernoulli(b, self.blur_p, x.device, g)
-        # official: one sigma for the whole batch of views (batch_random_blur); torchvision: one per image
-        sigma = _uniform(1 if self.official else b, self.blur_sigma[0], self.blur_sigma[1], x.device, g).expand(b)
+        return torch.where(d["gray_on"].view(-1, 1, 1, 1), rgb_to_grayscale(x).expand_as(x), x)
+
+    def _blur(self, x: torch.Tensor, d: dict) -> torch.Tensor:
+        if "blur_on" not in d:
+            return x
+        on, sigma, radius = d["blur_on"], d["sigma"], self._blur_radius()
         if _indexing_pays(x):  # only the images that drew a blur
             idx = torch.nonzero(on).squeeze(1)
             if idx.numel() == 0:
@@ -316,9 +339,33 @@ class SimCLRAugment:
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None, precropped: bool = False) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a batch of shape (B, 3, H, W), got {tuple(x.shape)}")
+        b, _, h, w = x.shape
+        return self._apply(x, self.draw(b, h, w, x.device, generator, precropped), precropped)
+
+    def draw(self, b: int, h: int, w: int, device, generator: torch.Generator | None = None,
+             precropped: bool = False) -> dict[str, torch.Tensor]:
+        """Every random parameter of one view of b images of h x w, in the order ``__call__`` draws them:
+        a dict of (b, ...) tensors on ``device`` (crop boxes, flips, colour factors and order, grayscale,
+        blur and sigma; switched-off operations draw nothing)."""
+        d = self._draw_crop_flip(b, h, w, device, generator, precropped)
+        d.update(self._draw_color(b, device, generator))
+        d.update(self._draw_gray_blur(b, device, generator))
+        return d
+
+    def apply(self, x: torch.Tensor, draws: dict[str, torch.Tensor], precropped: bool = False) -> torch.Tensor:
+        """The view of x (B, 3, H, W) given ``draws`` from ``draw``: (B, 3, S, S) float32 in [0, 1]. A pure
+        function of its inputs, with no host synchronisation on the masked path: it compiles as one graph."""
         x = to_float(x)
-        x = self._crop_flip(x, generator, precropped)
-        x = self._color(x, generator)
-        x = self._gray(x, generator)
-        x = self._blur(x, generator)
+        x = self._crop_flip(x, draws, precropped)
+        x = self._color(x, draws)
+        x = self._gray(x, draws)
+        x = self._blur(x, draws)
         return x.clamp_(0.0, 1.0)
+
+    _apply = apply
+
+    def compile(self, **kwargs) -> SimCLRAugment:
+        """Run ``apply`` through ``torch.compile(fullgraph=True)`` from now on (the draws stay eager: the
+        generator is outside the graph). Outputs equal the eager ones to float rounding. Returns self."""
+        self._apply = torch.compile(self.apply, fullgraph=True, **kwargs)
+        return self

@@ -52,14 +52,21 @@ def contrastive_logits(
     local = torch.arange(n, device=z1.device) + offset
     rows = torch.arange(2 * n, device=z1.device)
     self_cols = torch.cat((local, local + m))
-    logits = logits.index_put((rows, self_cols), torch.tensor(_SELF_MASK, device=z1.device, dtype=logits.dtype))
+    # new_full, not torch.tensor(..., device=): a host->device copy would block the host every step.
+    logits = logits.index_put((rows, self_cols), logits.new_full((), _SELF_MASK))
     labels = torch.cat((local + m, local))
     return logits, labels
 
 
 def contrastive_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Fraction of anchors whose positive scores highest among all candidates (a 0-d tensor)."""
-    return (logits.argmax(1) == labels).float().mean()
+    """Fraction of anchors whose positive scores highest among all candidates (a 0-d tensor).
+
+    logits (2n, 2M), labels (2n,). The positive's logit against the row maximum rather than
+    ``argmax == labels``: equal except on exact ties, and with argmax Triton 3.6 (PyTorch 2.11, H100)
+    failed to compile the step's final fused reduction ("PassManager::run failed").
+    """
+    positive = logits.gather(1, labels[:, None]).squeeze(1)
+    return (positive >= logits.amax(1)).float().mean()
 
 
 def nt_xent_with_accuracy(

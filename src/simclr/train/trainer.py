@@ -155,6 +155,8 @@ class Trainer:
             self.model = convert_global_bn(self.model, self.device)
         self.model = self.model.to(self.device, memory_format=torch.channels_last if t.channels_last else torch.preserve_format)
         self.augment, self.batches = training_input(cfg, train, self.local_batch, env.rank, env.world_size)
+        if cfg.train.compile:  # the augmentation as one graph too, not hundreds of small kernels a view
+            self.augment.compile(dynamic=False)
         self.steps_per_epoch = len(self.batches)
         self.total_steps = self.steps_per_epoch * t.epochs
         self.peak_lr = scaled_lr(o.base_lr, t.batch_size, o.lr_scaling)
@@ -181,6 +183,7 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.step = 0  # optimiser steps completed
         self.skipped = 0  # steps skipped for a non-finite loss (train.skip_nonfinite)
+        self.stop_requested = self.save_due = False  # set by every step, the same on every rank
         self.stats: StepStats | None = None  # the running epoch's sums (saved mid-epoch on a signal)
         self._signal: int | None = None
         self._saved_epoch = 0
@@ -219,8 +222,11 @@ class Trainer:
             torch._foreach_copy_(self._bn_saved, self._bn_buffers)
         out = self.forward_backward(v1, v2, labels)
         out["lr"] = torch.tensor(lr)
-        # One host sync per step: the price of never applying a NaN update.
-        if self._any_rank(not bool(torch.isfinite(out["loss"]).all())):
+        # One host sync per step, the price of never applying a NaN update; under torchrun the same single
+        # collective also agrees on stopping (a signal on any rank) and on a due mid-epoch checkpoint.
+        nonfinite, self.stop_requested, self.save_due = self._agree(
+            ~torch.isfinite(out["loss"]).all(), self._signal is not None, self._checkpoint_due())
+        if nonfinite:
             return self._skip_or_stop(out)
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -230,19 +236,22 @@ class Trainer:
     def _layout(self, v: torch.Tensor) -> torch.Tensor:
         return v.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else v
 
-    def _any_rank(self, flag: bool) -> bool:
-        """True when ``flag`` holds on any rank (every rank must take the same branch)."""
-        return self._agree(flag)[0]
-
-    def _agree(self, *flags: bool) -> list[bool]:
-        """Each flag OR-ed over all ranks, in one collective (every rank must take the same branch)."""
+    def _agree(self, *flags: bool | torch.Tensor) -> list[bool]:
+        """Each flag (a bool, or a 0-d bool tensor on the device) OR-ed over all ranks, in one collective and
+        one host read (every rank must take the same branch)."""
         if not self.env.distributed:
-            return list(flags)
+            return [bool(f) for f in flags]
         import torch.distributed as dist
 
-        t = torch.tensor([1.0 if f else 0.0 for f in flags], device=self.device)
+        # Filled on the device: torch.tensor(host list, device=...) would add a blocking copy.
+        t = torch.zeros(len(flags), device=self.device)
+        for i, f in enumerate(flags):
+            if isinstance(f, torch.Tensor):
+                t[i] = f
+            elif f:
+                t[i] = 1.0
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return [bool(v > 0) for v in t.tolist()]
+        return [v > 0 for v in t.tolist()]
 
     def _checkpoint_due(self) -> bool:
         minutes = self.cfg.train.checkpoint_minutes
@@ -365,7 +374,7 @@ class Trainer:
             self.stats.add(out)
             self.stats.images += len(idx)
             steps += 1
-            stop, due = self._agree(self._signal is not None, self._checkpoint_due())
+            stop, due = self.stop_requested, self.save_due  # agreed by every rank within the step
             if stop or due:  # the exact position, mid-epoch: a signal, or train.checkpoint_minutes elapsed
                 self.save(epoch_end=False)
             if stop:
