@@ -216,7 +216,7 @@ class TrainConfig:
     batch_size: int = key(256, "global batch size N (2N views); split across processes under torchrun", lo=2, hi=1 << 24)
     seed: int = key(0, "seed of the initialisation, the data order and every augmentation", lo=0, hi=SEED_MAX)
     device: str = key("auto", "auto, cpu, cuda, cuda:N or mps", choices_from="device")
-    precision: str = key("auto", "auto (bf16 on CUDA, fp32 elsewhere), bf16, fp16 or fp32", choices=("auto", "bf16", "fp16", "fp32"))
+    precision: str = key("auto", "auto (bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere), bf16, fp16 or fp32", choices=("auto", "bf16", "fp16", "fp32"))
     channels_last: bool = key(True, "channels-last memory format (faster convolutions)")
     compile: bool = key(False, "torch.compile the model")
     out: str = key("runs/simclr", "run folder")

@@ -6,6 +6,7 @@ Small and dependency-free on purpose: training, evaluation and the tools all use
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 
 from simclr.config import ConfigError
 
-__all__ = ["pick_device", "autocast_for", "step_generator", "seeded", "cpu_model"]
+__all__ = ["pick_device", "native_bf16_cpu", "resolve_precision", "autocast_for", "step_generator", "seeded", "cpu_model"]
 
 
 def pick_device(name: str) -> torch.device:
@@ -40,10 +41,38 @@ def pick_device(name: str) -> torch.device:
     return dev
 
 
+def native_bf16_cpu() -> bool:
+    """True on CPUs with bf16 arithmetic in hardware (x86 AVX512-BF16 or AMX), where bf16 autocast
+    runs a training step about twice as fast as fp32 (docs/benchmarks.md, "Step cost"). Elsewhere bf16
+    is emulated and slower. ``SIMCLR_CPU_BF16=0`` in the environment answers False everywhere: the test
+    suite sets it, so that its numbers do not depend on the machine's processor."""
+    if os.environ.get("SIMCLR_CPU_BF16", "").strip() == "0":
+        return False
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    try:
+        return any(bool(check()) for check in checks if check is not None)
+    except Exception:  # private helpers: a PyTorch without them, or one that raises, means no
+        return False
+
+
+def resolve_precision(device: torch.device, precision: str) -> tuple[str, str]:
+    """(precision, why): ``auto`` is bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere (MPS, other
+    CPUs); an explicit choice is kept. ``why`` says in a few words what decided it, for the log."""
+    if precision != "auto":
+        return precision, "as set"
+    if device.type == "cuda":
+        return "bf16", "auto: CUDA"
+    if device.type == "cpu" and native_bf16_cpu():
+        return "bf16", "auto: this CPU computes bf16 natively (AVX512-BF16/AMX); --train.precision fp32 to change"
+    if device.type == "cpu" and os.environ.get("SIMCLR_CPU_BF16", "").strip() == "0":
+        return "fp32", "auto: SIMCLR_CPU_BF16=0"
+    return "fp32", f"auto: no native bf16 on this {device.type.upper() if device.type != 'cpu' else 'CPU'}"
+
+
 def autocast_for(device: torch.device, precision: str):
-    """(autocast context, resolved precision): bf16 on CUDA by default, fp32 elsewhere."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
+    """(autocast context, resolved precision) for ``precision`` (see ``resolve_precision`` for auto)."""
+    precision, _ = resolve_precision(device, precision)
     if precision == "fp32":
         return contextlib.nullcontext(), precision
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -53,9 +82,22 @@ def autocast_for(device: torch.device, precision: str):
 def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
     """The generator of one training step's augmentations: a pure function of (seed, step, rank),
     so a resumed run draws exactly what the uninterrupted one drew."""
+    base = seed * 1_000_003 + step + 7
+    if rank < 131:  # the first releases' seeds, in [0, 2**63): their runs resume with the same draws
+        s = (base * 131 + rank) % 2**63
+    else:  # base * 131 + rank would be the seed of rank - 131 at the next step: hash into [2**63, 2**64)
+        s = _splitmix64((base << 32) + rank) | 1 << 63
     g = torch.Generator(device=device)
-    g.manual_seed(((seed * 1_000_003 + step + 7) * 131 + rank) % (2**63))
+    g.manual_seed(s)
     return g
+
+
+def _splitmix64(x: int) -> int:
+    """SplitMix64's finaliser: a bijection of 64-bit integers that scatters nearby inputs."""
+    x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return x ^ (x >> 31)
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ from simclr.optim import (
     warmup_cosine,
     warmup_steps_for,
 )
-from simclr.runtime import autocast_for, pick_device, step_generator
+from simclr.runtime import autocast_for, pick_device, resolve_precision, step_generator
 from simclr.train.distributed import (
     DistEnv,
     all_reduce_mean,
@@ -170,6 +170,8 @@ class Trainer:
             self.optimizer.add_param_group(
                 dict(params=list(self.model.online.parameters()), weight_decay=0.0, lars_exclude=True, lr_mult=0.1))
         self.autocast, self.precision = autocast_for(self.device, t.precision)
+        if t.precision == "auto":
+            self.log(f"precision {self.precision} ({resolve_precision(self.device, t.precision)[1]})")
         # Disabled unless fp16: then scale() is the identity and step() a plain optimiser step.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.forward_backward = self._backward_path()
