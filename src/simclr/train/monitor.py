@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from simclr.config import default_num_workers
 from simclr.data import DataError
 from simclr.evaluate.features import extract_features
 from simclr.evaluate.knn import knn_accuracy
@@ -16,12 +17,15 @@ class KnnMonitor:
 
     The bank is (a seeded sample of at most ``monitor.knn_max_images`` of) the training images; the
     queries are the labelled ``val`` images, or the bank itself leave-one-out when there are none.
+    Streamed images are decoded by ``data.num_workers`` loader processes.
     """
 
     def __init__(self, cfg, train, val, device: torch.device, epochs: int):
         mon = cfg.monitor
         self.k, self.temperature, self.every, self.epochs = mon.knn_k, mon.knn_temperature, mon.knn_every, epochs
         self.image_size, self.channels_last, self.device = cfg.data.image_size, cfg.train.channels_last, device
+        # Streamed images are decoded by as many loader processes as training uses (None: auto, unresolved config).
+        self.num_workers = default_num_workers() if cfg.data.num_workers is None else cfg.data.num_workers
         self.bank = _sample(train, mon.knn_max_images) if train.has_labels else None
         self.val = _sample(val, mon.knn_max_images) if (val is not None and val.has_labels) else None
 
@@ -43,7 +47,8 @@ class KnnMonitor:
         return {"knn_top1": res["top1"], "knn_top5": res["top5"]}
 
     def _features(self, encoder, ds) -> torch.Tensor:
-        return extract_features(encoder, ds, self.image_size, self.device, channels_last=self.channels_last)
+        return extract_features(encoder, ds, self.image_size, self.device, channels_last=self.channels_last,
+                                num_workers=self.num_workers)
 
 
 def _sample(ds, limit: int):
