@@ -8,15 +8,16 @@ import torch
 from simclr.model.losses import contrastive_logits, nt_xent, nt_xent_with_accuracy
 
 
-def algorithm1(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
-    """Algorithm 1 of Chen et al. (2020), written as loops: z_{2k-1}, z_{2k} are the two views of image k."""
+def algorithm1(z1: torch.Tensor, z2: torch.Tensor, tau: float, l2: bool = True) -> torch.Tensor:
+    """Algorithm 1 of Chen et al. (2020), written as loops: z_{2k-1}, z_{2k} are the two views of image k.
+    ``l2=False``: sim is the raw dot product (the paper's Table 5 "no l2" rows)."""
     n = z1.shape[0]
     z = []
     for k in range(n):
         z += [z1[k], z2[k]]
 
     def sim(u, v):
-        return (u @ v) / (u.norm() * v.norm())
+        return (u @ v) / (u.norm() * v.norm()) if l2 else u @ v
 
     def ell(i, j):
         num = torch.exp(sim(z[i], z[j]) / tau)
@@ -47,6 +48,26 @@ def test_matches_algorithm1_values_and_gradients(n, d, tau):
     torch.testing.assert_close(b1.grad.double(), b2.grad, atol=1e-6, rtol=0)
     # and in float64 it agrees to rounding
     assert abs(nt_xent(a, b, tau).item() - ref.item()) < 1e-12 * max(1.0, abs(ref.item()))
+
+
+@pytest.mark.parametrize("n,d,tau", [(2, 3, 0.5), (5, 8, 0.1), (8, 16, 1.0), (4, 128, 0.2)])
+def test_without_l2_normalisation_matches_algorithm1_with_dot_products(n, d, tau):
+    """Table 5's "no l2" rows: logits are raw dot products / tau (inputs scaled so they are O(1))."""
+    g = torch.Generator().manual_seed(n * 100 + d + 1)
+    a = torch.randn(n, d, generator=g, dtype=torch.float64) * d**-0.5
+    b = torch.randn(n, d, generator=g, dtype=torch.float64) * d**-0.5
+    a1, b1 = a.float().requires_grad_(), b.float().requires_grad_()
+    a2, b2 = a.clone().requires_grad_(), b.clone().requires_grad_()
+    ours = nt_xent(a1, b1, tau, l2_normalize=False)
+    ref = algorithm1(a2, b2, tau, l2=False)
+    ours.backward()
+    ref.backward()
+    assert abs(ours.item() - ref.item()) < 1e-6 * max(1.0, abs(ref.item()))
+    torch.testing.assert_close(a1.grad.double(), a2.grad, atol=1e-6, rtol=0)
+    torch.testing.assert_close(b1.grad.double(), b2.grad, atol=1e-6, rtol=0)
+    assert abs(nt_xent(a, b, tau, l2_normalize=False).item() - ref.item()) < 1e-12 * max(1.0, abs(ref.item()))
+    # and it is not the cosine loss
+    assert abs(nt_xent(a, b, tau).item() - ref.item()) > 1e-3
 
 
 def test_perfect_alignment_gives_low_loss_and_full_accuracy():
