@@ -100,3 +100,11 @@ def test_recipes_load_and_validate():
     for r in recipes:
         cfg = load_config(r)
         validate(cfg)
+
+
+def test_semi_hard_mining_needs_a_loss_that_has_it():
+    from simclr.config import Config, ConfigError, config_from_flat, validate
+
+    validate(config_from_flat({"loss.name": "margin_triplet", "loss.semi_hard": True}, Config()))
+    with pytest.raises(ConfigError, match="loss.semi_hard applies to nt_logistic and margin_triplet"):
+        validate(config_from_flat({"loss.semi_hard": True}, Config()))

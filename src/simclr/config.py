@@ -163,6 +163,70 @@ class AugmentConfig:
     blur_p: float | None = key(None, "probability of the blur; auto: 0 at <=32px, else 0.5", lo=0, hi=1)
     blur_sigma: tuple[float, float] = key((0.1, 2.0), "blur standard deviation [min, max], pixels", gt=0, hi=1000)
     blur_kernel_frac: float = key(0.1, "blur kernel size as a fraction of the side", lo=0, hi=1)
+    # The paper's other transformations (its Figure 4), applied only where a view's list names them.
+    cutout_p: float = key(1.0, "probability of cutout (a zeroed square) where a view lists it", lo=0, hi=1)
+    cutout_frac: float = key(0.5, "cutout square side as a fraction of the view side", gt=0, hi=1)
+    sobel_p: float = key(1.0, "probability of Sobel filtering where a view lists it", lo=0, hi=1)
+    noise_p: float = key(1.0, "probability of Gaussian noise where a view lists it", lo=0, hi=1)
+    noise_std: float = key(0.1, "standard deviation of the Gaussian noise, on pixels in [0, 1]", lo=0, hi=1)
+    rotate_p: float = key(1.0, "probability of a rotation by 90, 180 or 270 degrees where a view lists it", lo=0, hi=1)
+    # Each view's transformations, in the order they apply; "simclr" is the chain above (crop, color, blur).
+    view1: str = key("simclr", "first view: simclr, none, or a comma list of crop, flip, color, jitter, gray, blur, "
+                               "cutout, sobel, noise, rotate (in order)")
+    view2: str = key("simclr", "second view: as view1 (e.g. none for the paper's Figure 5: one view only transformed)")
+
+    # The names a view's list may use (no annotation: class constants, not keys). color = jitter then gray
+    # (the paper's colour distortion); crop includes the flip (augment.flip, flip_p); simclr = crop,color,blur.
+    TRANSFORMS = ("crop", "flip", "color", "jitter", "gray", "blur", "cutout", "sobel", "noise", "rotate")
+    SIMCLR_VIEW = ("crop", "color", "blur")
+    ALIASES = (("colour", "color"), ("grayscale", "gray"))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # The view lists are checked (and written canonically) whenever they are set: YAML, flags, keywords.
+        if name in ("view1", "view2"):
+            value = AugmentConfig.canonical_view(value, f"augment.{name}")
+        object.__setattr__(self, name, value)
+
+    @staticmethod
+    def canonical_view(value: Any, name: str = "augment.view1") -> str:
+        """A view's list as written in config.yaml: "simclr", "none" or names joined by commas (lowercase,
+        aliases resolved). Accepts a string ("crop, sobel", "[crop, sobel]", "" = none) or a list of names;
+        raises a one-line ConfigError naming the key otherwise."""
+        valid = ("simclr", "none", *AugmentConfig.TRANSFORMS)
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            value = ",".join(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a comma list of transformations, got {short(value)}")
+        text = value.strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        aliases = dict(AugmentConfig.ALIASES)
+        names = [aliases.get(n.strip().lower(), n.strip().lower()) for n in text.split(",")]
+        names = [n for n in names if n]
+        if names in ([], ["none"]):
+            return "none"
+        for n in names:
+            if n not in valid:
+                raise ConfigError(f"{name}: unknown transformation '{_clip(n, 40)}' (a view is simclr, none, or a comma "
+                                  f"list of {', '.join(AugmentConfig.TRANSFORMS)}){_closest(n, list(valid))}")
+        if "none" in names and len(names) > 1:
+            raise ConfigError(f"{name}: 'none' cannot be combined with other transformations, got '{_clip(value, 60)}'")
+        expanded = AugmentConfig.expand_view(",".join(names))
+        twice = sorted({n for n in expanded if expanded.count(n) > 1})
+        if twice:
+            raise ConfigError(f"{name} names {', '.join(twice)} twice (simclr is {','.join(AugmentConfig.SIMCLR_VIEW)})")
+        return ",".join(names)
+
+    @staticmethod
+    def expand_view(text: str) -> tuple[str, ...]:
+        """The transformations of a canonical view list, in order, with simclr written out."""
+        out: list[str] = []
+        for n in text.split(","):
+            if n == "simclr":
+                out += AugmentConfig.SIMCLR_VIEW
+            elif n and n != "none":
+                out.append(n)
+        return tuple(out)
 
 
 @dataclass
@@ -189,11 +253,17 @@ class LossConfig:
     # The paper's default (its Table 5: best of 0.05-1 with L2-normalised cosine similarity). Also the
     # best of 0.1/0.2/0.5 on short CIFAR-10 runs here (docs/benchmarks.md); the official README's
     # 1000-epoch CIFAR setting uses 0.5, as configs/cifar10_resnet18.yaml does.
-    temperature: float = key(0.1, "tau of NT-Xent", gt=0, hi=1e4)
+    temperature: float = key(0.1, "tau of NT-Xent and NT-Logistic", gt=0, hi=1e4)
     # The official objective (tf2/objective.py) is loss_a + loss_b, twice the paper's L; weight decay and the
     # BN/bias steps under LARS were tuned with that scale. Metrics report L either way.
     objective: str = key("official", "what is minimised: official = 2L (sum of both directions' means), paper = L",
                          choices=("official", "paper"))
+    # The paper's Table 2 / Table 4 losses (simclr.model.losses); each uses all 2N-2 negatives of an anchor.
+    name: str = key("nt_xent", "contrastive loss: nt_xent (the paper's), nt_logistic or margin_triplet (its Table 2)",
+                    choices=("nt_xent", "nt_logistic", "margin_triplet"))
+    l2_normalize: bool = key(True, "compare L2-normalised projections (cosine similarity); false = raw dot products (Table 5)")
+    semi_hard: bool = key(False, "semi-hard negative mining for nt_logistic and margin_triplet (Table 4's (sh) rows)")
+    margin: float = key(0.5, "margin m of margin_triplet: max(0, s(anchor, negative) - s(anchor, positive) + m)", lo=0, hi=1e4)
 
 
 @dataclass
@@ -663,8 +733,9 @@ def resolve_augment(a: AugmentConfig, image_size: int) -> AugmentConfig:
     small = small_images(image_size)
     if a.color_strength is None:
         a.color_strength = 0.5 if small else 1.0
-    if a.blur_p is None:
-        a.blur_p = 0.0 if small else 0.5
+    if a.blur_p is None:  # a view that names blur itself wants it, at any size
+        named = any("blur" in v.split(",") for v in (a.view1, a.view2))
+        a.blur_p = 0.0 if small and not named else 0.5
     return a
 
 
@@ -796,6 +867,9 @@ def _cross_checks(cfg) -> list[str]:
             errs.append("train.out must name a run folder")
         if cfg.train.resume and cfg.train.overwrite:
             errs.append("give --resume (continue the run) or --overwrite (replace it), not both")
+        if cfg.loss.semi_hard and cfg.loss.name == "nt_xent":
+            errs.append("loss.semi_hard applies to nt_logistic and margin_triplet (NT-Xent weighs every negative by its "
+                        "hardness already); set loss.name or drop loss.semi_hard")
     if hasattr(cfg, "encoder") and isinstance(cfg.encoder, EncoderSource):
         e = cfg.encoder
         needs_checkpoint = isinstance(cfg, (EmbedConfig, ExportConfig))

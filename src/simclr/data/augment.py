@@ -17,6 +17,27 @@ per batch of views, as the official ``batch_random_blur``; or reflect padding an
 Large streamed images arrive already cropped from their full frame by the loader
 (``simclr.data.crop.ViewCropper``); call with ``precropped=True`` to do the rest.
 
+The paper's other transformations (its Figure 4) are there for its ablations (Figure 5), each with a per-image
+switch drawn with its probability, and apply where a view's list names them (``augment.view1`` / ``view2``):
+
+    cutout   one square of side round(cutout_frac x S) (default half the side), uniformly placed wholly inside
+             the view, set to 0 (black) in every channel
+    sobel    gradient magnitude of the grayscale image (3x3 Sobel kernels, reflect padding, as tf.image.sobel_edges),
+             divided by the image's largest magnitude (so each Sobel view spans [0, 1]; a flat image gives 0),
+             written to all three channels
+    noise    x + noise_std x N(0, 1), independent per pixel and channel, clipped to [0, 1]
+    rotate   by 90, 180 or 270 degrees counter-clockwise (torch.rot90), equally likely
+
+A view's list runs in its order on the view at the output size S: the image is first resized whole to S x S
+(nothing to do when it already is; the loader's crop when precropped), except when the list starts with
+``crop``, which cuts and resizes straight from the input as the default chain does; a later ``crop`` crops the
+S x S view. ``simclr`` is ``crop,color,blur`` (the chain above); ``none`` (or "") leaves only the resize. So for
+the paper's Figure 5 protocol (one view transformed, the other "left as is"), view2 ``none`` is the image itself
+at the output size: a 32 px CIFAR image unchanged, a larger in-memory image resized whole. (The paper crops every
+ImageNet image once before both branches only to bring them to one size.) Precropped views come already cropped by
+the loader whatever the list says: there a ``crop`` only flips (at its place in the list), and a list without one
+still sees the loader's crop.
+
 Outputs are floats in [0, 1], as in the official code; normalisation is the model's business.
 """
 
@@ -30,8 +51,8 @@ import torch.nn.functional as F
 from simclr.config import AugmentConfig, ConfigError, check_section, resolve_augment
 from simclr.data.crop import center_box, sample_boxes
 
-__all__ = ["SimCLRAugment", "center_resize", "adjust_saturation_hsv", "to_float", "rgb_to_grayscale", "rgb_to_hsv",
-           "hsv_to_rgb"]
+__all__ = ["SimCLRAugment", "adjust_saturation_hsv", "center_resize", "hsv_to_rgb", "rgb_to_grayscale", "rgb_to_hsv",
+           "sobel", "sobel_magnitude", "to_float"]
 
 # ITU-R 601 luma weights, as tf.image.rgb_to_grayscale and torchvision.
 _LUMA = (0.2989, 0.5870, 0.1140)
@@ -146,6 +167,28 @@ def _bernoulli(n: int, p: float, device, generator) -> torch.Tensor:
     return torch.rand(n, device=device, generator=generator) < p
 
 
+def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B, 1, H, W): |(Gx, Gy)| of the grayscale (luma) image, 3x3 Sobel kernels
+    [1, 2, 1] x [-1, 0, 1] with reflect padding (tf.image.sobel_edges'; replicate below 2 pixels), unscaled
+    (0 to 4 sqrt(2)). Separable differences of shifted slices: no kernel tensor to copy to the device."""
+    gray = rgb_to_grayscale(x)
+    p = F.pad(gray, (1, 1, 1, 1), mode="reflect" if min(x.shape[-2:]) > 1 else "replicate")
+    dx = p[..., 2:] - p[..., :-2]  # (B, 1, H + 2, W)
+    dy = p[..., 2:, :] - p[..., :-2, :]  # (B, 1, H, W + 2)
+    gx = dx[..., :-2, :] + 2 * dx[..., 1:-1, :] + dx[..., 2:, :]
+    gy = dy[..., :-2] + 2 * dy[..., 1:-1] + dy[..., 2:]
+    return torch.sqrt(gx * gx + gy * gy)
+
+
+def sobel(x: torch.Tensor) -> torch.Tensor:
+    """The Sobel view of x (B, 3, H, W): ``sobel_magnitude`` divided by its largest value in each image (so
+    that it spans [0, 1]; an image without edges gives 0), the same in all three channels."""
+    mag = sobel_magnitude(x)
+    peak = mag.amax((2, 3), keepdim=True)
+    edges = torch.where(peak > 0, mag / peak.clamp_min(1e-12), torch.zeros_like(mag))
+    return edges.expand_as(x)
+
+
 class SimCLRAugment:
     """Batched SimCLR augmentation: ``aug(x, generator) -> views``.
 
@@ -162,6 +205,9 @@ class SimCLRAugment:
     sigma under the official convention: one per call, as the official code draws one per batch).
     With ``precropped=True`` x is already a batch of (B, 3, S, S) crops (from ``ViewCropper``):
     the crop is skipped, the rest (flip onwards) is applied.
+
+    ``aug(x, g)`` is the full chain (``simclr``: crop, colour, blur) whatever the view lists say;
+    ``aug(x, g, view=1)`` follows ``augment.view1`` and ``view=2`` ``augment.view2``, as ``views`` does.
     """
 
     def __init__(self, image_size: int, cfg: AugmentConfig | None = None, **keys):
@@ -184,6 +230,23 @@ class SimCLRAugment:
         self.gray_p = cfg.gray_p if cfg.grayscale else 0.0
         self.blur_p = cfg.blur_p if cfg.blur else 0.0
         self.blur_sigma, self.blur_kernel_frac = tuple(cfg.blur_sigma), cfg.blur_kernel_frac
+        self.cutout_p, self.cutout_side = cfg.cutout_p, max(1, round(cfg.cutout_frac * image_size))
+        self.sobel_p, self.noise_p, self.noise_std, self.rotate_p = cfg.sobel_p, cfg.noise_p, cfg.noise_std, cfg.rotate_p
+        # The transformations of each view, in order: None is the full chain (what ``aug(x)`` does).
+        self.transforms = {None: AugmentConfig.SIMCLR_VIEW, 1: AugmentConfig.expand_view(cfg.view1),
+                           2: AugmentConfig.expand_view(cfg.view2)}
+        self._ops = {
+            "crop": (self._draw_crop_flip, self._crop_flip),
+            "flip": (self._draw_flip, self._flip),
+            "color": (self._draw_color_drop, self._color_drop),
+            "jitter": (lambda b, h, w, dev, g, pre: self._draw_color(b, dev, g), lambda x, d, pre: self._color(x, d)),
+            "gray": (lambda b, h, w, dev, g, pre: self._draw_gray(b, dev, g), lambda x, d, pre: self._gray(x, d)),
+            "blur": (lambda b, h, w, dev, g, pre: self._draw_blur(b, dev, g), lambda x, d, pre: self._blur(x, d)),
+            "cutout": (self._draw_cutout, self._cutout),
+            "sobel": (self._draw_sobel, self._sobel),
+            "noise": (self._draw_noise, self._noise),
+            "rotate": (self._draw_rotate, self._rotate),
+        }
 
     @classmethod
     def from_config(cls, cfg: AugmentConfig, image_size: int) -> SimCLRAugment:
@@ -192,6 +255,18 @@ class SimCLRAugment:
     def __repr__(self) -> str:
         return f"SimCLRAugment(image_size={self.image_size}, cfg={self.cfg})"
 
+    def view_crops(self) -> tuple[bool, bool]:
+        """Whether each view's list has a random crop: what a loader that cuts both views from the full frame
+        (``ViewCropper``) should cut for it (a random box, or the whole frame when False)."""
+        return "crop" in self.transforms[1], "crop" in self.transforms[2]
+
+    def _view(self, view: int | None) -> int | None:
+        """The key of a view's transformations, None for any list equal to the full chain (so that both views of the
+        default setting run the same compiled graph)."""
+        if view not in self.transforms:
+            raise ValueError(f"view must be None, 1 or 2, got {view!r}")
+        return None if self.transforms[view] == self.transforms[None] else view
+
     # -- geometry ---------------------------------------------------------------------------
     def _draw_crop_flip(self, b: int, h: int, w: int, device, g, precropped: bool) -> dict:
         if precropped:
@@ -199,7 +274,7 @@ class SimCLRAugment:
         return {"box": sample_boxes(b, h, w, self.cfg, g, device), "flip": _bernoulli(b, self.flip_p, device, g)}
 
     def _crop_flip(self, x: torch.Tensor, d: dict, precropped: bool) -> torch.Tensor:
-        b, _, h, w = x.shape
+        _, _, h, w = x.shape
         s = self.image_size
         if precropped:
             if (h, w) != (s, s):
@@ -217,9 +292,34 @@ class SimCLRAugment:
         ty = (2 * y0 + ch) / h - 1
         zero = torch.zeros_like(sx)
         theta = torch.stack((torch.stack((sx, zero, tx), 1), torch.stack((zero, sy, ty), 1)), 1)
-        grid = F.affine_grid(theta, (b, 3, s, s), align_corners=False)
+        return self._resample(x, theta)
+
+    def _resample(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        grid = F.affine_grid(theta, (x.shape[0], 3, self.image_size, self.image_size), align_corners=False)
         out = F.grid_sample(x, grid, mode="bicubic", padding_mode="border", align_corners=False)
         return out.clamp_(0.0, 1.0)
+
+    def _fit(self, x: torch.Tensor, precropped: bool) -> torch.Tensor:
+        """The whole image at the output size, as the crop does with ``augment.crop`` off (the view of a list
+        that does not start with a crop, before its first transformation)."""
+        _, _, h, w = x.shape
+        s = self.image_size
+        if (h, w) == (s, s):
+            return x
+        if precropped:
+            raise ValueError(f"precropped views must be {s}x{s}, got {h}x{w}")
+        theta = x.new_zeros(x.shape[0], 2, 3)  # the identity map: the box is the whole image, unflipped
+        theta[:, 0, 0] = 1.0
+        theta[:, 1, 1] = 1.0
+        return self._resample(x, theta)
+
+    def _draw_flip(self, b: int, h: int, w: int, dev, g, precropped: bool) -> dict:
+        return {"flip": _bernoulli(b, self.flip_p, dev, g)} if self.flip_p != 0 else {}
+
+    def _flip(self, x: torch.Tensor, d: dict, precropped: bool) -> torch.Tensor:
+        if "flip" not in d:
+            return x
+        return torch.where(d["flip"].view(-1, 1, 1, 1), x.flip(3), x)
 
     # -- colour -----------------------------------------------------------------------------
     def _draw_color(self, b: int, dev, g) -> dict:
@@ -283,14 +383,7 @@ class SimCLRAugment:
         return x
 
     def _draw_gray_blur(self, b: int, dev, g) -> dict:
-        d = {}
-        if self.gray_p != 0:
-            d["gray_on"] = _bernoulli(b, self.gray_p, dev, g)
-        if self.blur_p != 0 and self._blur_radius() >= 1:
-            d["blur_on"] = _bernoulli(b, self.blur_p, dev, g)
-            # official: one sigma for the whole batch of views (batch_random_blur); torchvision: one per image
-            d["sigma"] = _uniform(1 if self.official else b, self.blur_sigma[0], self.blur_sigma[1], dev, g).expand(b)
-        return d
+        return {**self._draw_gray(b, dev, g), **self._draw_blur(b, dev, g)}
 
     def _blur_radius(self) -> int:
         return int(self.image_size * self.blur_kernel_frac) // 2
@@ -329,38 +422,129 @@ class SimCLRAugment:
         xi = F.conv2d(xi, k.view(n * c, 1, -1, 1), groups=n * c)
         return xi.view(n, c, h, w)
 
+    # -- colour distortion (the paper's: jitter, then drop) ---------------------------------------------
+    def _draw_gray(self, b: int, dev, g) -> dict:
+        return {"gray_on": _bernoulli(b, self.gray_p, dev, g)} if self.gray_p != 0 else {}
+
+    def _draw_blur(self, b: int, dev, g) -> dict:
+        d = {}
+        if self.blur_p != 0 and self._blur_radius() >= 1:
+            d["blur_on"] = _bernoulli(b, self.blur_p, dev, g)
+            # official: one sigma for the whole batch of views (batch_random_blur); torchvision: one per image
+            d["sigma"] = _uniform(1 if self.official else b, self.blur_sigma[0], self.blur_sigma[1], dev, g).expand(b)
+        return d
+
+    def _draw_color_drop(self, b: int, h: int, w: int, dev, g, precropped: bool) -> dict:
+        return {**self._draw_color(b, dev, g), **self._draw_gray(b, dev, g)}
+
+    def _color_drop(self, x: torch.Tensor, d: dict, precropped: bool) -> torch.Tensor:
+        return self._gray(self._color(x, d), d)
+
+    # -- the paper's other transformations (Figure 4) ----------------------------------------------------
+    def _draw_cutout(self, b: int, h: int, w: int, dev, g, precropped: bool) -> dict:
+        if self.cutout_p == 0:
+            return {}
+        free = self.image_size - self.cutout_side + 1  # positions of the square's top-left corner, per axis
+        return {"on": _bernoulli(b, self.cutout_p, dev, g),
+                "top": torch.randint(0, free, (b,), device=dev, generator=g),
+                "left": torch.randint(0, free, (b,), device=dev, generator=g)}
+
+    def _cutout(self, x: torch.Tensor, d: dict, precropped: bool) -> torch.Tensor:
+        """Zero (black: the network's input is [0, 1] as in the official code, where 0 is also what Cutout's
+        zero-masking gives) one cutout_side-square per image that drew it, wholly inside the view."""
+        if "on" not in d:
+            return x
+        c = self.cutout_side
+        idx = torch.arange(x.shape[-1], device=x.device)
+        rows = (idx >= d["top"].view(-1, 1)) & (idx < d["top"].view(-1, 1) + c)  # (B, S)
+        cols = (idx >= d["left"].view(-1, 1)) & (idx < d["left"].view(-1, 1) + c)
+        mask = rows.unsqueeze(2) & cols.unsqueeze(1) & d["on"].view(-1, 1, 1)
+        return x.masked_fill(mask.unsqueeze(1), 0.0)
+
+    def _draw_sobel(self, b: int, h: int, w: int, dev, g, precropped: bool) -> dict:
+        return {"on": _bernoulli(b, self.sobel_p, dev, g)} if self.sobel_p != 0 else {}
+
+    def _sobel(self, x: torch.Tensor, d: dict, precropped: bool) -> torch.Tensor:
+        if "on" not in d:
+            return x
+        return torch.where(d["on"].view(-1, 1, 1, 1), sobel(x), x)
+
+    def _draw_noise(self, b: int, h: int, w: int, dev, g, precropped: bool) -> dict:
+        if self.noise_p == 0 or self.noise_std == 0:
+            return {}
+        s = self.image_size
+        return {"on": _bernoulli(b, self.noise_p, dev, g),
+                "noise": torch.randn(b, 3, s, s, device=dev, generator=g)}
+
+    def _noise(self, x: torch.Tensor, d: dict, precropped: bool) -> torch.Tensor:
+        if "on" not in d:
+            return x
+        noisy = (x + self.noise_std * d["noise"].to(x.dtype)).clamp(0.0, 1.0)
+        return torch.where(d["on"].view(-1, 1, 1, 1), noisy, x)
+
+    def _draw_rotate(self, b: int, h: int, w: int, dev, g, precropped: bool) -> dict:
+        if self.rotate_p == 0:
+            return {}
+        on = _bernoulli(b, self.rotate_p, dev, g)
+        k = torch.randint(1, 4, (b,), device=dev, generator=g)
+        return {"k": torch.where(on, k, torch.zeros_like(k))}  # quarter turns: 0 (none), 1, 2 or 3
+
+    def _rotate(self, x: torch.Tensor, d: dict, precropped: bool) -> torch.Tensor:
+        """Each image turned by its k quarter turns counter-clockwise (torch.rot90 over H, W; views are square):
+        every turn computed for the whole batch, each image keeping its own, so no indexing by k."""
+        if "k" not in d:
+            return x
+        k = d["k"].view(-1, 1, 1, 1)
+        for turns in (1, 2, 3):
+            x = torch.where(k == turns, torch.rot90(x, turns, (2, 3)), x)
+        return x
+
+    # -- a view ------------------------------------------------------------------------------
     def views(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The two training views (each (B, 3, S, S) float32 in [0, 1]) of a batch as the loader gives it:
-        images x (B, 3, H, W), or their two crops (B, 2, 3, S, S) cut from the full frame by ``ViewCropper``."""
+        images x (B, 3, H, W), or their two crops (B, 2, 3, S, S) cut from the full frame by ``ViewCropper``.
+        The first follows ``augment.view1``, the second ``augment.view2``."""
+        v1, v2 = self._view(1), self._view(2)
         if x.dim() == 5:
-            return self(x[:, 0], generator, precropped=True), self(x[:, 1], generator, precropped=True)
-        return self(x, generator), self(x, generator)
+            return (self(x[:, 0], generator, precropped=True, view=v1),
+                    self(x[:, 1], generator, precropped=True, view=v2))
+        return self(x, generator, view=v1), self(x, generator, view=v2)
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None, precropped: bool = False) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None, precropped: bool = False,
+                 view: int | None = None) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a batch of shape (B, 3, H, W), got {tuple(x.shape)}")
         b, _, h, w = x.shape
-        return self._apply(x, self.draw(b, h, w, x.device, generator, precropped), precropped)
+        view = self._view(view)
+        return self._apply(x, self.draw(b, h, w, x.device, generator, precropped, view), precropped, view)
 
     def draw(self, b: int, h: int, w: int, device, generator: torch.Generator | None = None,
-             precropped: bool = False) -> dict[str, torch.Tensor]:
+             precropped: bool = False, view: int | None = None) -> dict[str, torch.Tensor]:
         """Every random parameter of one view of b images of h x w, in the order ``__call__`` draws them:
-        a dict of (b, ...) tensors on ``device`` (crop boxes, flips, colour factors and order, grayscale,
-        blur and sigma; switched-off operations draw nothing)."""
-        d = self._draw_crop_flip(b, h, w, device, generator, precropped)
-        d.update(self._draw_color(b, device, generator))
-        d.update(self._draw_gray_blur(b, device, generator))
+        a dict of (b, ...) tensors on ``device``, keyed 'transformation.parameter' (crop boxes and flips, colour
+        factors and order, grayscale, blur and sigma, cutout squares, Sobel switches, noise, quarter turns;
+        switched-off operations draw nothing). ``view``: as for ``__call__``."""
+        d = {}
+        s = self.image_size
+        for i, name in enumerate(self.transforms[self._view(view)]):
+            hw = (h, w) if i == 0 else (s, s)  # only a leading crop sees the input; the rest see S x S views
+            for k, v in self._ops[name][0](b, *hw, device, generator, precropped).items():
+                d[f"{name}.{k}"] = v
         return d
 
-    def apply(self, x: torch.Tensor, draws: dict[str, torch.Tensor], precropped: bool = False) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, draws: dict[str, torch.Tensor], precropped: bool = False,
+              view: int | None = None) -> torch.Tensor:
         """The view of x (B, 3, H, W) given ``draws`` from ``draw``: (B, 3, S, S) float32 in [0, 1]. A pure
         function of its inputs, with no host synchronisation on the masked path: it compiles as one graph."""
+        names = self.transforms[self._view(view)]
         x = to_float(x)
-        x = self._crop_flip(x, draws, precropped)
-        x = self._color(x, draws)
-        x = self._gray(x, draws)
-        x = self._blur(x, draws)
-        return x.clamp_(0.0, 1.0)
+        if not names or names[0] != "crop":
+            x = self._fit(x, precropped)
+        for name in names:
+            prefix = name + "."
+            d = {k[len(prefix):]: v for k, v in draws.items() if k.startswith(prefix)}
+            x = self._ops[name][1](x, d, precropped)
+        return x.clamp(0.0, 1.0)
 
     _apply = apply
 
