@@ -7,6 +7,7 @@
     simclr export --checkpoint RUN --format safetensors|torchvision|onnx --out FILE
     simclr analyze (--checkpoint RUN | --random-init ...) --data P --out DIR
     simclr views --data P --out DIR [--n 64] [--config RECIPE.yaml] [any pretrain key]
+    simclr ablate STUDY --train-data P --test-data P --out DIR [--seeds K] [any pretrain key]
     simclr config [COMMAND]      every key of a command, its default and what it does
     simclr demo [--out DIR]
 
@@ -130,6 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--epochs", type=int, default=None)
     d.add_argument("--device", default="auto")
+    a = sub.add_parser("ablate", help="run a study of the paper (configs/studies/) and report it beside the paper's figures",
+                       description="Train and evaluate every setting of a study as run folders under OUT/runs (resumable: "
+                                   "finished runs are kept), then write OUT/results.csv, OUT/report.md and OUT/plot.png. "
+                                   "Any pretrain key can follow as --section.key VALUE (it applies to every run).")
+    a.add_argument("study", help="a study name (configs/studies/NAME.yaml) or the path of a study YAML")
+    a.add_argument("--train-data", required=True, help="labelled training images: pretraining and the probes' training set")
+    a.add_argument("--test-data", required=True, help="labelled test images of the probes")
+    a.add_argument("--out", required=True, help="study folder")
+    a.add_argument("--seeds", type=int, default=1, help="runs per setting, seeds 0..K-1 (default 1)")
+    for flag, dotted in (("arch", "model.arch"), ("width", "model.width"), ("epochs", "train.epochs"),
+                         ("batch-size", "train.batch_size"), ("max-per-class", "data.max_per_class"), ("device", "train.device")):
+        a.add_argument(f"--{flag}", dest=dotted, default=None, metavar=dotted.split(".")[1].upper(), help=f"({dotted})")
     c = sub.add_parser("config", help="list a command's keys with their defaults, or print a recipe resolved on the defaults")
     c.add_argument("for_command", nargs="?", default="pretrain", choices=list(FLAGS), metavar="COMMAND",
                    help="pretrain (default), " + ", ".join(list(FLAGS)[1:]))
@@ -233,6 +246,27 @@ RUNNERS = {"pretrain": _pretrain, "knn": _knn, "linear": _linear, "finetune": _f
            "export": _export, "analyze": _analyze, "views": _views}
 
 
+def _ablate(args, rest: list[str], argv: list[str]) -> int:
+    import shlex
+
+    from simclr.config import Config, config_from_flat, validate
+    from simclr.study import ablate
+
+    if not 1 <= args.seeds <= 1000:
+        raise UsageError(f"--seeds must be between 1 and 1000, got {args.seeds}")
+    flags = {d: v for d in ("model.arch", "model.width", "train.epochs", "train.batch_size", "data.max_per_class", "train.device")
+             if (v := getattr(args, d, None)) is not None}
+    overrides = {**flags, **{k.replace("-", "_"): v for k, v in _pairs(rest)}}
+    for k in ("data.path", "train.out", "train.seed", "train.resume"):
+        if k in overrides:
+            raise UsageError(f"--{k} is set by simclr ablate for each run; use --train-data, --out and --seeds")
+    validate(config_from_flat(overrides, Config()))  # a bad key or value: one line before anything runs
+    res = ablate(args.study, args.train_data, args.test_data, args.out, args.seeds, overrides,
+                 command="simclr " + " ".join(shlex.quote(a) for a in argv))
+    print(f"done: {res['report']}")
+    return 0
+
+
 def _demo(args) -> int:
     from simclr.demo import run_demo
 
@@ -265,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in RUNNERS:
             return RUNNERS[args.command](_command_config(args.command, args, rest))
+        if args.command == "ablate":
+            return _ablate(args, rest, argv)
         if rest:
             raise UsageError(f"unrecognised arguments: {' '.join(rest)[:200]}")
         return _demo(args) if args.command == "demo" else _config(args)

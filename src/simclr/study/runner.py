@@ -1,0 +1,124 @@
+"""Running a study: one ordinary run folder per (setting, seed), each evaluated with kNN and the L-BFGS
+linear probe on h; everything resumable (finished runs and evaluations are kept and skipped)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from simclr.checkpoint import atomic_write
+from simclr.config import Config, ConfigError, KnnConfig, LinearConfig, config_from_flat
+from simclr.study.spec import Setting, Study
+
+__all__ = ["run_study", "run_config", "RESULT"]
+
+RESULT = "study_result.json"  # in each run folder, once its evaluations are done
+MANIFEST = "study.json"  # in the study folder: what the study was started with
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def run_config(study: Study, setting: Setting, seed: int, train_data: str, out: Path, overrides: dict[str, Any]) -> Config:
+    """The pretrain config of one run: defaults <- study base <- the setting's keys <- the command line."""
+    flat = {**study.base, **setting.keys, **overrides, "data.path": train_data, "train.seed": seed,
+            "train.out": str(out), "train.resume": True, "train.progress": False}
+    return config_from_flat(flat, Config())
+
+
+def _manifest(study: Study, train_data: str, test_data: str, seeds: int, overrides: dict[str, Any]) -> dict:
+    spec = {"base": study.base, "settings": [[s.name, s.keys] for s in study.settings]}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {"study": study.name, "spec_sha256": digest, "train_data": train_data, "test_data": test_data,
+            "seeds": seeds, "overrides": {k: overrides[k] for k in sorted(overrides)}}
+
+
+def _check_manifest(out: Path, want: dict) -> None:
+    """A study folder continues only the same study with the same data and keys (more seeds may be added)."""
+    path = out / MANIFEST
+    if not path.exists():
+        _write_json(path, want)
+        return
+    try:
+        have = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"{path} is unreadable; move the folder away or pick another --out") from None
+    for k in ("study", "spec_sha256", "train_data", "test_data", "overrides"):
+        if have.get(k) != want[k]:
+            what = "the study's settings" if k == "spec_sha256" else k
+            raise ConfigError(f"{out} holds a study started with other {what} ({str(have.get(k))[:80]} vs "
+                              f"{str(want[k])[:80]}); use the same command, or another --out")
+    if want["seeds"] != have.get("seeds"):
+        _write_json(path, want)
+
+
+def _evaluate(run: Path, train_data: str, test_data: str, overrides: dict[str, Any], log) -> dict:
+    from simclr.evaluate.knn import knn_evaluate
+    from simclr.evaluate.linear import linear_evaluate
+
+    common = {"encoder.checkpoint": str(run), "data.path": train_data, "data.val_path": test_data}
+    for k in ("data.max_per_class", "data.data_dir", "data.num_workers"):
+        if k in overrides:
+            common[k] = overrides[k]
+    if "train.device" in overrides:
+        common["eval.device"] = overrides["train.device"]
+    quiet = lambda *_: None  # noqa: E731 - the study prints one line per run
+    knn = knn_evaluate(config_from_flat(common, KnnConfig()), log=quiet)
+    lin = linear_evaluate(config_from_flat({**common, "linear.solver": "lbfgs"}, LinearConfig()), log=quiet)
+    return {"knn_top1": knn["top1"], "knn_top5": knn["top5"], "linear_top1": lin["top1"], "linear_top5": lin["top5"]}
+
+
+def _last_metrics(run: Path) -> dict:
+    try:
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    except (OSError, ValueError):
+        return {}
+    return lines[-1] if lines else {}
+
+
+def run_study(study: Study, train_data: str, test_data: str, out: str | Path, seeds: int = 1,
+              overrides: dict[str, Any] | None = None, log: Callable[[str], None] = print,
+              pretrain: Callable | None = None) -> list[dict]:
+    """Train and evaluate every (setting, seed) of ``study`` under OUT/runs/SETTING-seedK, skipping what is
+    done; returns one row per run (the rows of results.csv). Stopping at any point and calling again with
+    the same arguments continues: a run resumes from its checkpoint, a finished one is not redone."""
+    from simclr.train import pretrain as default_pretrain
+
+    pretrain = pretrain or default_pretrain
+    overrides = dict(overrides or {})
+    out = Path(out)
+    for s in study.settings:  # every run's config is checked before the first one starts
+        run_config(study, s, 0, train_data, out / "runs" / s.name, overrides)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_manifest(out, _manifest(study, train_data, test_data, seeds, overrides))
+    rows, total, t_study = [], len(study.settings) * seeds, time.perf_counter()
+    for i, (setting, seed) in enumerate(((s, k) for s in study.settings for k in range(seeds)), 1):
+        run = out / "runs" / f"{setting.name}-seed{seed}"
+        done = run / RESULT
+        row = None
+        if done.exists():
+            try:
+                row = json.loads(done.read_text())
+            except (OSError, ValueError):
+                row = None  # torn or edited: evaluate again
+        if row is None:
+            t0 = time.perf_counter()
+            pretrain(run_config(study, setting, seed, train_data, run, overrides), log=lambda *_: None)
+            last = _last_metrics(run)
+            row = {"setting": setting.name, "seed": seed, **setting.columns,
+                   **_evaluate(run, train_data, test_data, overrides, log),
+                   "contrastive_acc": last.get("contrastive_acc"), "loss": last.get("loss"), "epochs": last.get("epoch"),
+                   "minutes": round((time.perf_counter() - t0) / 60, 2)}
+            _write_json(done, row)
+            log(f"[{i}/{total}] {setting.name} seed {seed}: knn {row['knn_top1']:.4f}  linear {row['linear_top1']:.4f}  "
+                f"({row['minutes']:.1f} min)")
+        else:
+            log(f"[{i}/{total}] {setting.name} seed {seed}: done earlier (knn {row['knn_top1']:.4f}  linear {row['linear_top1']:.4f})")
+        rows.append(row)
+    log(f"{study.name}: {total} runs, {(time.perf_counter() - t_study) / 60:.1f} min this time")
+    return rows

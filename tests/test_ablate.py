@@ -1,0 +1,143 @@
+"""simclr ablate: studies as resumable sets of run folders, reported beside the paper's figures."""
+
+import csv
+import json
+
+import pytest
+
+from conftest import write_folder
+from simclr.config import ConfigError
+from simclr.study import load_study, run_study
+from simclr.study.spec import STUDY_DIRS
+
+STUDY = """
+name: tiny
+title: "A tiny study"
+source: "made up for the tests"
+minutes: 1
+base:
+  model.arch: resnet18
+  model.width: 0.125
+  train.epochs: 1
+  train.batch_size: 8
+  train.device: cpu
+  data.image_size: 16
+  monitor.knn_every: 0
+settings:
+  - name: t0.1
+    keys: {loss.temperature: 0.1}
+    paper: {linear_top1: 60.0}
+  - name: t0.5
+    keys: {loss.temperature: 0.5}
+"""
+
+
+@pytest.fixture
+def study_file(tmp_path):
+    p = tmp_path / "tiny.yaml"
+    p.write_text(STUDY)
+    return p
+
+
+@pytest.fixture
+def data(tmp_path):
+    return str(write_folder(tmp_path / "data", per_class=10, size=(16, 16)))
+
+
+def test_the_shipped_studies_load():
+    names = sorted(p.stem for d in STUDY_DIRS if d.is_dir() for p in d.glob("*.yaml"))
+    assert {"loss", "temperature"} <= set(names)
+    for n in names:
+        s = load_study(n)
+        assert s.settings and s.minutes > 0 and s.title
+        assert all(v > 0 for st in s.settings for v in st.paper.values())
+
+
+@pytest.mark.parametrize("text,match", [
+    ("settings: [{name: a, keys: {loss.temprature: 0.1}}]", "unknown config key 'loss.temprature'.*did you mean"),
+    ("settings: [{name: a, keys: {loss.temperature: -1}}]", "loss.temperature"),
+    ("settings: [{name: a}, {name: a}]", "two settings are named 'a'"),
+    ("settings: [{name: 'a/b'}]", "must be letters"),
+    ("setings: []", "unknown field 'setings'.*did you mean"),
+    ("name: x", "no settings"),
+    ("settings: [{name: a, paper: {linear_top1: high}}]", "paper must map"),
+])
+def test_bad_study_files_are_one_line_errors(tmp_path, text, match):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=match) as e:
+        load_study(str(p))
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_study_name_suggests_the_closest():
+    with pytest.raises(ConfigError, match="unknown study 'temprature'.*temperature"):
+        load_study("temprature")
+
+
+def test_pairs_make_every_ordered_pair_and_the_diagonal(tmp_path):
+    p = tmp_path / "pairs.yaml"
+    p.write_text("pairs: {items: [x, y], keys: {train.out: 'runs/{first}-{second}'}, diagonal: {train.out: 'runs/{first}'},"
+                 " paper: {x+y: {linear_top1: 5}}}\nplot: heatmap\n")
+    s = load_study(str(p))
+    assert [(st.name, st.keys["train.out"]) for st in s.settings] == [
+        ("x", "runs/x"), ("x+y", "runs/x-y"), ("y+x", "runs/y-x"), ("y", "runs/y")]
+    assert s.settings[1].paper == {"linear_top1": 5.0} and s.settings[1].columns == {"first": "x", "second": "y"}
+
+
+def test_ablate_runs_reports_and_resumes(tmp_path, study_file, data):
+    """End to end through the command line: two settings, results.csv, report.md, plot.png; the same command
+    again redoes nothing; a different study in the same folder is refused."""
+    from simclr.cli import main
+
+    out = tmp_path / "study"
+    args = ["ablate", str(study_file), "--train-data", data, "--test-data", data, "--out", str(out)]
+    assert main(args) == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["setting"], r["seed"]) for r in rows] == [("t0.1", "0"), ("t0.5", "0")]
+    assert all(0 <= float(r["knn_top1"]) <= 1 and 0 <= float(r["linear_top1"]) <= 1 for r in rows)
+    report = (out / "report.md").read_text()
+    assert "| t0.1 | 1 |" in report and "| 60.0 |" in report and "simclr ablate" in report
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ckpt = out / "runs" / "t0.1-seed0" / "checkpoint.pt"
+    before = ckpt.stat().st_mtime_ns
+    assert main(args) == 0
+    assert ckpt.stat().st_mtime_ns == before  # finished runs are not redone
+    other = tmp_path / "other.yaml"
+    other.write_text(STUDY.replace("loss.temperature: 0.5", "loss.temperature: 0.2"))
+    assert main(["ablate", str(other), "--train-data", data, "--test-data", data, "--out", str(out)]) == 2
+
+
+def test_an_interrupted_study_continues_where_it_stopped(tmp_path, study_file, data):
+    from simclr.train import pretrain
+
+    calls = []
+
+    def stop_at_second(cfg, log=print):
+        calls.append(cfg.train.out)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return pretrain(cfg, log=log)
+
+    study = load_study(str(study_file))
+    out = tmp_path / "study"
+    with pytest.raises(KeyboardInterrupt):
+        run_study(study, data, data, out, seeds=1, pretrain=stop_at_second, log=lambda *_: None)
+    assert (out / "runs" / "t0.1-seed0" / "study_result.json").exists()
+    calls.clear()
+    rows = run_study(study, data, data, out, seeds=2, pretrain=lambda cfg, log=print: (calls.append(cfg.train.out), pretrain(cfg, log=log))[1],
+                     log=lambda *_: None)
+    assert [c.rsplit("/", 1)[1] for c in calls] == ["t0.1-seed1", "t0.5-seed0", "t0.5-seed1"]
+    assert [(r["setting"], r["seed"]) for r in rows] == [("t0.1", 0), ("t0.1", 1), ("t0.5", 0), ("t0.5", 1)]
+    assert json.loads((out / "study.json").read_text())["seeds"] == 2
+
+
+def test_keys_the_command_sets_are_refused(tmp_path, study_file, data, capsys):
+    from simclr.cli import main
+
+    rc = main(["ablate", str(study_file), "--train-data", data, "--test-data", data, "--out", str(tmp_path / "o"),
+               "--train.out", "x"])
+    assert rc == 2 and "set by simclr ablate" in capsys.readouterr().err
+    rc = main(["ablate", str(study_file), "--train-data", data, "--test-data", data, "--out", str(tmp_path / "o"),
+               "--loss.temprature", "1"])
+    assert rc == 2 and not (tmp_path / "o").exists()
