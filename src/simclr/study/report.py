@@ -104,7 +104,7 @@ def plot_study(study: Study, rows: list[dict], path: str | Path) -> Path:
     else:
         names = [it["setting"] for it in summary]
         x = range(len(names))
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(names) + 2), 3.5))
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(names) + 3.5), 3.5))
         ax.bar([i - 0.2 for i in x], [it["linear_top1"] for it in summary], 0.4, yerr=[it["linear_top1_sd"] for it in summary],
                label="linear (ours)")
         ax.bar([i + 0.2 for i in x], [it["knn_top1"] for it in summary], 0.4, yerr=[it["knn_top1_sd"] for it in summary],
@@ -114,7 +114,7 @@ def plot_study(study: Study, rows: list[dict], path: str | Path) -> Path:
             ax.plot(px, [summary[i]["paper"] for i in px], "k*", markersize=10, label="paper")
         ax.set_xticks(list(x), names, rotation=30, ha="right")
         ax.set_ylabel("top-1 (%)")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title(study.title, fontsize=10)
     fig.tight_layout()
     path = Path(path)

@@ -108,7 +108,10 @@ def run_study(study: Study, train_data: str, test_data: str, out: str | Path, se
                 row = None  # torn or edited: evaluate again
         if row is None:
             t0 = time.perf_counter()
-            pretrain(run_config(study, setting, seed, train_data, run, overrides), log=lambda *_: None)
+            cfg = run_config(study, setting, seed, train_data, run, overrides)
+            if not run.exists():  # a new run (resume only what an interrupted call left)
+                cfg.train.resume = False
+            pretrain(cfg, log=lambda *_: None)
             last = _last_metrics(run)
             row = {"setting": setting.name, "seed": seed, **setting.columns,
                    **_evaluate(run, train_data, test_data, overrides, log),
