@@ -348,3 +348,36 @@ def test_phone_photos_take_the_fast_path(monkeypatch):
     real = ViewCropper._decode_jpeg
     monkeypatch.setattr(ViewCropper, "_decode_jpeg", lambda self, *a: calls.append(1) or real(self, *a))
     assert ViewCropper(32)(buf.getvalue()).shape == (2, 3, 32, 32) and calls
+
+
+def test_a_view_without_crop_gets_the_whole_frame_and_the_other_view_its_usual_box():
+    """Per-view lists (augment.view1/view2) without 'crop': the loader cuts the whole frame for that view; the
+    boxes of the other view are the ones it would get anyway (the draws are unchanged)."""
+    from simclr.config import AugmentConfig
+    from simclr.data.crop import ViewCropper
+
+    both = ViewCropper(32, AugmentConfig())
+    second_whole = ViewCropper(32, AugmentConfig(), crops=(True, False))
+    a = both.boxes(300, 400, torch.Generator().manual_seed(3))
+    b = second_whole.boxes(300, 400, torch.Generator().manual_seed(3))
+    assert torch.equal(b[0], a[0]) and not torch.equal(a[1], b[1])
+    assert b[1].tolist() == [0.0, 0.0, 400.0, 300.0]
+    off = ViewCropper(32, AugmentConfig(crop=False), crops=(False, True)).boxes(30, 40)
+    assert off.tolist() == [[0.0, 0.0, 40.0, 30.0]] * 2
+
+
+def test_the_trainer_cuts_what_the_view_lists_ask_for(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from conftest import tiny_config
+    from simclr.train.pretrain import load_training_data
+    from simclr.train.trainer import training_input
+
+    for i in range(4):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (150, 200, 3), dtype=np.uint8)).save(tmp_path / f"{i}.jpg")
+    cfg, train, _ = load_training_data(tiny_config(tmp_path / "run", data__path=str(tmp_path), data__image_size=32,
+                                                   augment__view1="crop,sobel", augment__view2="none"))
+    assert train.streamed
+    _, batches = training_input(cfg, train, 4)
+    assert batches.cropper.crops == (True, False)

@@ -182,6 +182,9 @@ class ViewCropper:
         max_pixels: images with more pixels are refused (decompression bombs).
         reduced_decode: decode JPEGs at the smallest DCT scale that keeps every crop at least S pixels
             on each side (False: always decode every pixel; for comparisons).
+        crops: whether each view gets a random box (``SimCLRAugment.view_crops()``); a view whose
+            transformations have no crop gets the whole frame (its box is still drawn, so the draws of
+            the other view and of later images do not change).
 
     ``cropper(src, generator)`` takes a file path or the encoded bytes and returns uint8 (2, 3, S, S):
     both views' boxes are drawn from ``generator`` over the image as it is shown (EXIF orientation
@@ -190,13 +193,21 @@ class ViewCropper:
     """
 
     def __init__(self, size: int, cfg: AugmentConfig | None = None, max_pixels: int = DataConfig.max_pixels,
-                 reduced_decode: bool = True):
+                 reduced_decode: bool = True, crops: tuple[bool, bool] = (True, True)):
         self.size, self.cfg = int(size), cfg or AugmentConfig()
         self.max_pixels, self.reduced_decode = max_pixels, reduced_decode
+        self.crops = tuple(bool(c) for c in crops)
 
     def boxes(self, height: int, width: int, generator=None) -> torch.Tensor:
         """The two views' boxes (x0, y0, w, h), float64 (2, 4), in pixels of the oriented image."""
-        return sample_boxes(2, height, width, self.cfg, generator)
+        boxes = sample_boxes(2, height, width, self.cfg, generator)
+        if all(self.crops):
+            return boxes
+        boxes = boxes.clone()
+        for i, crop in enumerate(self.crops):
+            if not crop:
+                boxes[i] = torch.tensor([0.0, 0.0, float(width), float(height)], dtype=boxes.dtype)
+        return boxes
 
     def __call__(self, src: str | Path | bytes, generator: torch.Generator | None = None) -> torch.Tensor:
         data = bytes(src) if isinstance(src, (bytes, bytearray)) else None

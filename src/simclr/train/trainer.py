@@ -71,7 +71,7 @@ def training_input(cfg: Config, train: ImageSet, batch_size: int, rank: int = 0,
     ``views(x, step_generator(seed, step, rank, device))`` does the rest on the device.
     """
     augment = SimCLRAugment.from_config(cfg.augment, cfg.data.image_size)
-    cropper = ViewCropper(cfg.data.image_size, augment.cfg, train.max_pixels) if train.streamed else None
+    cropper = ViewCropper(cfg.data.image_size, augment.cfg, train.max_pixels, crops=augment.view_crops()) if train.streamed else None
     batches = Batches(train, batch_size, cfg.train.seed, num_workers=cfg.data.num_workers, rank=rank, world_size=world_size,
                       strict=cfg.data.strict, cropper=cropper)
     return augment, batches
