@@ -4,8 +4,8 @@ import csv
 import json
 
 import pytest
-
 from conftest import write_folder
+
 from simclr.config import ConfigError
 from simclr.study import load_study, run_study
 from simclr.study.spec import STUDY_DIRS

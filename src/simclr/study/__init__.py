@@ -5,8 +5,19 @@ from simclr.study.report import plot_study, summarise, write_report, write_resul
 from simclr.study.runner import run_config, run_study
 from simclr.study.spec import Setting, Study, find_study, load_study
 
-__all__ = ["Setting", "Study", "find_study", "load_study", "run_study", "run_config", "write_results", "summarise",
-           "write_report", "plot_study", "ablate"]
+__all__ = [
+    "Setting",
+    "Study",
+    "ablate",
+    "find_study",
+    "load_study",
+    "plot_study",
+    "run_config",
+    "run_study",
+    "summarise",
+    "write_report",
+    "write_results",
+]
 
 
 def ablate(study_name: str, train_data: str, test_data: str, out: str, seeds: int = 1, overrides: dict | None = None,

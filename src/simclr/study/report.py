@@ -11,7 +11,7 @@ from pathlib import Path
 from simclr.checkpoint import atomic_write
 from simclr.study.spec import Study
 
-__all__ = ["write_results", "summarise", "write_report", "plot_study"]
+__all__ = ["plot_study", "summarise", "write_report", "write_results"]
 
 _FIRST = ["setting", "seed", "knn_top1", "linear_top1"]
 

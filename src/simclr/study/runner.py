@@ -6,14 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from simclr.checkpoint import atomic_write
 from simclr.config import Config, ConfigError, KnnConfig, LinearConfig, config_from_flat
 from simclr.study.spec import Setting, Study
 
-__all__ = ["run_study", "run_config", "RESULT"]
+__all__ = ["RESULT", "run_config", "run_study"]
 
 RESULT = "study_result.json"  # in each run folder, once its evaluations are done
 MANIFEST = "study.json"  # in the study folder: what the study was started with
@@ -67,7 +68,7 @@ def _evaluate(run: Path, train_data: str, test_data: str, overrides: dict[str, A
             common[k] = overrides[k]
     if "train.device" in overrides:
         common["eval.device"] = overrides["train.device"]
-    quiet = lambda *_: None  # noqa: E731 - the study prints one line per run
+    quiet = lambda *_: None
     knn = knn_evaluate(config_from_flat(common, KnnConfig()), log=quiet)
     lin = linear_evaluate(config_from_flat({**common, "linear.solver": "lbfgs"}, LinearConfig()), log=quiet)
     return {"knn_top1": knn["top1"], "knn_top5": knn["top5"], "linear_top1": lin["top1"], "linear_top5": lin["top5"]}

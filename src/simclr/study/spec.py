@@ -8,9 +8,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simclr.config import Config, ConfigError, _closest, config_from_flat, load_yaml, validate
+from simclr.config import (
+    Config,
+    ConfigError,
+    _closest,
+    config_from_flat,
+    load_yaml,
+    validate,
+)
 
-__all__ = ["Setting", "Study", "load_study", "find_study", "STUDY_DIRS"]
+__all__ = ["STUDY_DIRS", "Setting", "Study", "find_study", "load_study"]
 
 # Where a study given by name is looked up: the working directory's configs/studies, then the project's.
 STUDY_DIRS = (Path("configs/studies"), Path(__file__).resolve().parents[3] / "configs" / "studies")
