@@ -1,14 +1,14 @@
 """Linear evaluation: both solvers on tiny data, the split helper, and the CLI."""
 
-import pytest
 import json
 
+import pytest
 import torch
 
 from simclr.cli import main
 from simclr.data import ImageSet
-from simclr.model.resnet import resnet18
 from simclr.evaluate.linear import linear_eval_lbfgs, linear_eval_sgd, stratified_split
+from simclr.model.resnet import resnet18
 
 
 def _separable(n_per_class=24, size=16, seed=0):

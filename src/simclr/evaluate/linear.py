@@ -6,10 +6,13 @@
 - ``lbfgs`` (the paper's transfer protocol): features computed once from centre views, then
   L2-regularised multinomial logistic regression solved with L-BFGS; the regularisation strength
   is chosen on a validation split carved from the training data, then the model is refit on all of it.
+  The solver (``simclr.evaluate.logreg``) is full-batch, preconditioned L-BFGS in torch on the training device, in
+  float64, on scikit-learn's objective and stopping rule, warm-started along the regularisation path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -17,15 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from simclr.config import ConfigError
 from simclr.data import DataError
 from simclr.data.augment import SimCLRAugment
 from simclr.evaluate.features import extract_features, out_of_memory_as_error
 from simclr.evaluate.inputs import prepare, write_result
 from simclr.evaluate.knn import topk_accuracy
+from simclr.evaluate.logreg import fit_logistic
 from simclr.optim import scaled_lr, set_lr, warmup_cosine
 from simclr.runtime import seeded
 
-__all__ = ["linear_eval_lbfgs", "linear_eval_sgd", "linear_evaluate", "stratified_split", "crop_flip", "train_classifier"]
+__all__ = ["crop_flip", "lbfgs_probe", "linear_eval_lbfgs", "linear_eval_sgd", "linear_evaluate", "stratified_split", "train_classifier"]
 
 
 def crop_flip(image_size: int) -> SimCLRAugment:
@@ -76,18 +81,103 @@ def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tu
     for c in torch.unique(labels).tolist():
         idx = torch.nonzero(labels == c).squeeze(1)
         idx = idx[torch.randperm(len(idx), generator=g)]
-        n_val = min(len(idx) - 1, max(1, int(round(val_fraction * len(idx)))))
+        n_val = min(len(idx) - 1, max(1, round(val_fraction * len(idx))))
         va.append(idx[:n_val])
         tr.append(idx[n_val:])
     return torch.cat(tr).sort().values, torch.cat(va).sort().values
 
 
-def _fit_logreg(x: np.ndarray, y: np.ndarray, c: float, max_iter: int):
-    from sklearn.linear_model import LogisticRegression
+def _solver_device(device: torch.device) -> torch.device:
+    """Where the L-BFGS probe runs: the training device, in float64 (the CPU for MPS, which has no float64)."""
+    device = torch.device(device)
+    return torch.device("cpu") if device.type == "mps" else device
 
-    clf = LogisticRegression(C=c, solver="lbfgs", max_iter=max_iter, tol=1e-6)
-    clf.fit(x, y)
-    return clf
+
+def lbfgs_probe(
+    ftr: torch.Tensor,
+    ytr: torch.Tensor,
+    fte: torch.Tensor,
+    num_classes: int,
+    lambdas,
+    split: tuple[torch.Tensor, torch.Tensor] | None,
+    max_iter: int = 1000,
+    device: torch.device | str = "cpu",
+    log=print,
+) -> dict:
+    """The L-BFGS probe on features: standardise with the training features' mean and std, fit
+    L2-regularised logistic regression (``simclr.evaluate.logreg``, scikit-learn's objective with
+    C = 1 / lambda) on ``split``'s train part for every lambda of ``lambdas``, score each on its val part,
+    refit on all of ``ftr`` with the lambda of the best val top-1 (the first of equals), and give
+    ``scores``: the (len(fte), num_classes) class probabilities of ``fte`` (0 for classes absent from ``ytr``).
+
+    ``split`` None (a grid of one): no search. The path is warm-started from the strongest lambda to the
+    weakest (each fit starts from the previous solution); the refit starts from zeros.
+    """
+    dev = _solver_device(device)
+    for name, f in (("training", ftr), ("test", fte)):
+        bad = int((~torch.isfinite(f)).any(1).sum()) if f.numel() else 0
+        if bad:
+            raise FloatingPointError(f"the encoder gave non-finite features (NaN or inf) for {bad} of the {len(f)} "
+                                     f"{name} images; the L-BFGS probe needs finite features (has the encoder diverged?)")
+    classes = torch.unique(ytr)
+    if len(classes) < 2:
+        raise DataError(f"the L-BFGS probe needs training images of at least 2 classes, got {len(classes)}")
+    ftr, fte = ftr.to(dev, torch.float64), fte.to(dev, torch.float64)
+    # Standardising features keeps L-BFGS well conditioned; it does not change the model class.
+    mu, sd = ftr.mean(0), ftr.std(0, unbiased=False) + 1e-8
+    ftr, fte = (ftr - mu) / sd, (fte - mu) / sd
+    y = torch.searchsorted(classes, ytr).to(dev)  # labels as indices into the classes present
+    k = len(classes)
+    scores: list[float] = [0.0] * len(lambdas) if split is not None else []
+    with _solver_memory(len(ftr), ftr.shape[1], k, dev), _one_thread_if_small(dev, len(ftr) * (ftr.shape[1] + 1) * k):
+        if split is not None:
+            tr, va = (i.to(dev) for i in split)
+            xtr, ytr_, xva, yva = ftr[tr], y[tr], ftr[va], y[va]
+            init = None
+            for i in reversed(range(len(lambdas))):  # strongest first: each fit starts from the previous one
+                fit = fit_logistic(xtr, ytr_, k, 1.0 / float(lambdas[i]), init=init, max_iter=max_iter)
+                init = fit.weights
+                scores[i] = float((fit.predict(xva) == yva).double().mean())
+                log(f"lambda {lambdas[i]:.2e}: val top-1 {scores[i]:.4f} ({fit.n_iter} L-BFGS iterations)")
+        best = int(np.argmax(scores)) if scores else 0
+        # the refit starts from zeros, as every fit did before the path was warm-started: on separable data the
+        # objective has no well-defined minimiser at weak regularisation, and the start would pick the model
+        fit = fit_logistic(ftr, y, k, 1.0 / float(lambdas[best]), max_iter=max_iter)
+        proba = fit.predict_proba(fte).cpu()
+    scores_full = torch.zeros(len(fte), num_classes, dtype=proba.dtype)
+    scores_full[:, classes] = proba
+    return {"scores": scores_full, "l2_lambda": float(lambdas[best]), "val_top1": scores[best] if scores else None,
+            "val_scores": scores, "n_iter": fit.n_iter}
+
+
+SMALL_PRODUCT = 1 << 27  # multiply-adds of the solver's matrix product below which the CPU runs it on one thread
+
+
+@contextlib.contextmanager
+def _one_thread_if_small(device: torch.device, work: int):
+    """On the CPU, run a small problem on one thread (and give the thread count back after). Its matrix
+    products take about a millisecond: threads save little there, but on a machine whose cores are busy
+    with other work every product waits for its slowest thread (the subset's probe measured 2.4 s on one
+    thread, 4 to 69 s on two). One thread also makes the numbers independent of the machine's core count."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or work >= SMALL_PRODUCT or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def _solver_memory(n: int, dim: int, k: int, device: torch.device):
+    """Running out of memory in the solver: a one-line ConfigError."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise ConfigError(f"out of memory fitting the L-BFGS probe on {n} features of {dim} values and {k} classes "
+                          f"on {device}; use --device cpu or --solver sgd") from None
 
 
 def linear_eval_lbfgs(
@@ -107,39 +197,22 @@ def linear_eval_lbfgs(
 ) -> dict:
     """L-BFGS logistic regression on frozen centre-view features; returns top-1/top-5 and the chosen
     regularisation. ``grid_range`` is log10 of the L2 strength lambda (C = 1 / lambda); the paper
-    searched 45 values in [1e-6, 1e5]. ``crop_fraction``: the centre view's (None: auto)."""
-    import warnings
-
+    searched 45 values in [1e-6, 1e5]. ``crop_fraction``: the centre view's (None: auto).
+    The solver (``lbfgs_probe``) runs on ``device``."""
     lambdas = np.logspace(grid_range[0], grid_range[1], num_grid)
+    split = None
     if len(lambdas) > 1:  # a grid of one needs no validation split
-        tr_idx, va_idx = (i.numpy() for i in stratified_split(train.labels, val_fraction, seed))
-        if len(va_idx) == 0:
+        split = stratified_split(train.labels, val_fraction, seed)
+        if len(split[1]) == 0:
             raise DataError(f"the L-BFGS probe picks its L2 strength on a validation split, but no class of the "
                             f"training data ({len(train)} images) has two images or more to split; give more images "
                             f"per class, --linear.grid 1 (no search), or --solver sgd")
-    ftr = extract_features(encoder, train, image_size, device, batch_size, crop_fraction=crop_fraction).double().numpy()
-    fte = extract_features(encoder, test, image_size, device, batch_size, crop_fraction=crop_fraction).double().numpy()
-    ytr, yte = train.labels.numpy(), test.labels.numpy()
-    # Standardising features keeps L-BFGS well conditioned; it does not change the model class.
-    mu, sd = ftr.mean(0), ftr.std(0) + 1e-8
-    ftr, fte = (ftr - mu) / sd, (fte - mu) / sd
-    scores = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ConvergenceWarning at the weakest regularisation is expected
-        if len(lambdas) > 1:
-            for lam in lambdas:
-                clf = _fit_logreg(ftr[tr_idx], ytr[tr_idx], 1.0 / lam, max_iter)
-                scores.append(float((clf.predict(ftr[va_idx]) == ytr[va_idx]).mean()))
-                log(f"lambda {lam:.2e}: val top-1 {scores[-1]:.4f}")
-        best = int(np.argmax(scores)) if scores else 0
-        clf = _fit_logreg(ftr, ytr, 1.0 / lambdas[best], max_iter)
-    proba = torch.from_numpy(clf.predict_proba(fte))
-    # predict_proba's columns follow clf.classes_; map back to class indices
-    scores_full = torch.zeros(len(yte), len(train.classes), dtype=proba.dtype)
-    scores_full[:, torch.from_numpy(clf.classes_)] = proba
-    res = topk_accuracy(scores_full, test.labels)
-    res.update(solver="lbfgs", l2_lambda=float(lambdas[best]), val_top1=scores[best] if scores else None,
-               grid=[float(v) for v in lambdas], val_scores=scores)
+    ftr = extract_features(encoder, train, image_size, device, batch_size, crop_fraction=crop_fraction)
+    fte = extract_features(encoder, test, image_size, device, batch_size, crop_fraction=crop_fraction)
+    probe = lbfgs_probe(ftr, train.labels, fte, len(train.classes), lambdas, split, max_iter, device, log)
+    res = topk_accuracy(probe["scores"], test.labels)
+    res.update(solver="lbfgs", l2_lambda=probe["l2_lambda"], val_top1=probe["val_top1"],
+               grid=[float(v) for v in lambdas], val_scores=probe["val_scores"])
     return res
 
 
