@@ -261,8 +261,14 @@ def _ablate(args, rest: list[str], argv: list[str]) -> int:
         if k in overrides:
             raise UsageError(f"--{k} is set by simclr ablate for each run; use --train-data, --out and --seeds")
     validate(config_from_flat(overrides, Config()))  # a bad key or value: one line before anything runs
-    res = ablate(args.study, args.train_data, args.test_data, args.out, args.seeds, overrides,
-                 command="simclr " + " ".join(shlex.quote(a) for a in argv))
+    from simclr.train import Interrupted
+
+    command = "simclr " + " ".join(shlex.quote(a) for a in argv)
+    try:
+        res = ablate(args.study, args.train_data, args.test_data, args.out, args.seeds, overrides, command=command)
+    except Interrupted as e:  # the run's own advice (--resume) is not how a study continues
+        where = str(e).split("; continue with")[0]
+        raise Interrupted(e.signum, f"{where}; run the same command again to continue the study") from None
     print(f"done: {res['report']}")
     return 0
 
