@@ -141,3 +141,13 @@ def test_keys_the_command_sets_are_refused(tmp_path, study_file, data, capsys):
     rc = main(["ablate", str(study_file), "--train-data", data, "--test-data", data, "--out", str(tmp_path / "o"),
                "--loss.temprature", "1"])
     assert rc == 2 and not (tmp_path / "o").exists()
+
+
+def test_missing_data_is_refused_before_anything_runs(tmp_path, study_file, data, capsys):
+    from simclr.cli import main
+
+    for flags in (["--train-data", data, "--test-data", str(tmp_path / "nope")],
+                  ["--train-data", str(tmp_path / "nope"), "--test-data", data]):
+        assert main(["ablate", str(study_file), *flags, "--out", str(tmp_path / "o")]) == 2
+        assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -93,6 +93,10 @@ def run_study(study: Study, train_data: str, test_data: str, out: str | Path, se
     pretrain = pretrain or default_pretrain
     overrides = dict(overrides or {})
     out = Path(out)
+    for flag, p in (("--train-data", train_data), ("--test-data", test_data)):  # before hours of training, not after
+        builtin = p.split(":")[0] in ("cifar10", "cifar100", "stl10", "synthetic")
+        if not builtin and "{" not in p and "::" not in p and not Path(p).exists():
+            raise ConfigError(f"{flag} {p[:200]} does not exist")
     for s in study.settings:  # every run's config is checked before the first one starts
         run_config(study, s, 0, train_data, out / "runs" / s.name, overrides)
     out.mkdir(parents=True, exist_ok=True)
