@@ -262,6 +262,8 @@ def _spawned_worker(rank, world, port, out):
         (zz * d["w"][rank]).sum().backward()
         res.update(gathered=zz.detach(), dz=z.grad)
         torch.save(res, f"{out}/rank{rank}.pt")
+        # no rank leaves while the other still has collectives in flight (gloo aborts the process)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -310,6 +312,8 @@ def _compile_worker(rank, world, port, out):
 
         ex = torch._dynamo.explain(step)(torch.randn(4, 3, 8, 8))
         torch.save({"breaks": ex.graph_break_count, "reasons": [str(r.reason) for r in ex.break_reasons]}, f"{out}/rank{rank}.pt")
+        # no rank leaves while the other still has collectives in flight (gloo aborts the process)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -342,6 +346,8 @@ def _ddp_compile_worker(rank, world, port, out):
         y = torch.randint(0, 5, (4,), generator=g)
         ex = torch._dynamo.explain(net)(x1, x2, y, gather=gather_with_grad, rank=rank)
         torch.save({"breaks": ex.graph_break_count, "reasons": [str(r.reason) for r in ex.break_reasons]}, f"{out}/rank{rank}.pt")
+        # no rank leaves while the other still has collectives in flight (gloo aborts the process)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
