@@ -205,19 +205,12 @@ def nt_logistic_with_accuracy(
     l2_normalize: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The NT-Logistic loss (0-d) and the contrastive accuracy (0-d, no gradient); see ``nt_logistic``."""
-    _check_negatives(z1, z1_all)
-    logits, labels = contrastive_logits(z1, z2, temperature, z1_all, z2_all, offset, l2_normalize)
-    positive = logits.gather(1, labels[:, None]).squeeze(1)
-    negatives = negative_mask(labels, logits.shape[1])
+    logits, labels, positive, negatives = _anchor_pairs(z1, z2, temperature, z1_all, z2_all, offset, l2_normalize)
     if semi_hard:
         negative_term = -F.logsigmoid(-semi_hard_negative(logits, positive, negatives))
     else:
         negative_term = _mean_over(negatives, -F.logsigmoid(-logits))
-    per_anchor = -F.logsigmoid(positive) + negative_term
-    loss = per_anchor.mean()
-    with torch.no_grad():
-        acc = contrastive_accuracy(logits, labels)
-    return loss, acc
+    return _mean_and_accuracy(-F.logsigmoid(positive) + negative_term, logits, labels)
 
 
 def nt_logistic(
@@ -258,6 +251,21 @@ def nt_logistic(
     return nt_logistic_with_accuracy(z1, z2, temperature, z1_all, z2_all, offset, semi_hard, l2_normalize)[0]
 
 
+def _anchor_pairs(z1, z2, temperature, z1_all, z2_all, offset, l2_normalize):
+    """What NT-Logistic and margin triplet share: logits (2n, 2M), labels (2n,), each anchor's positive logit
+    (2n,) and the mask (2n, 2M) of its negatives."""
+    _check_negatives(z1, z1_all)
+    logits, labels = contrastive_logits(z1, z2, temperature, z1_all, z2_all, offset, l2_normalize)
+    return logits, labels, logits.gather(1, labels[:, None]).squeeze(1), negative_mask(labels, logits.shape[1])
+
+
+def _mean_and_accuracy(per_anchor: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor):
+    """(mean over the anchors of ``per_anchor``, contrastive accuracy without gradient)."""
+    with torch.no_grad():
+        acc = contrastive_accuracy(logits, labels)
+    return per_anchor.mean(), acc
+
+
 # -- margin triplet -----------------------------------------------------------------------------------
 
 def margin_triplet_with_accuracy(
@@ -273,18 +281,12 @@ def margin_triplet_with_accuracy(
     """The margin triplet loss (0-d) and the contrastive accuracy (0-d, no gradient); see ``margin_triplet``."""
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
-    _check_negatives(z1, z1_all)
-    sim, labels = contrastive_logits(z1, z2, 1.0, z1_all, z2_all, offset, l2_normalize)
-    positive = sim.gather(1, labels[:, None]).squeeze(1)
-    negatives = negative_mask(labels, sim.shape[1])
+    sim, labels, positive, negatives = _anchor_pairs(z1, z2, 1.0, z1_all, z2_all, offset, l2_normalize)
     if semi_hard:
         per_anchor = F.relu(semi_hard_negative(sim, positive, negatives) - positive + margin)
     else:
         per_anchor = _mean_over(negatives, F.relu(sim - positive[:, None] + margin))
-    loss = per_anchor.mean()
-    with torch.no_grad():
-        acc = contrastive_accuracy(sim, labels)
-    return loss, acc
+    return _mean_and_accuracy(per_anchor, sim, labels)
 
 
 def margin_triplet(
