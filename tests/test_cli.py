@@ -56,6 +56,7 @@ def _run_cli(args, cwd=None):
     return subprocess.run([sys.executable, "-m", "simclr", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
 
 
+@pytest.mark.slow  # keeps `pytest -m "not slow"` under 90 s; still in make test
 @pytest.mark.parametrize("args,msg", [
     (["pretrain", "--data", "/definitely/not/here"], "does not exist"),
     (["pretrain", "--data", "synthetic", "--loss.temprature", "0.1"], "did you mean 'loss.temperature'"),

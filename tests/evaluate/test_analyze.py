@@ -26,6 +26,7 @@ def test_metrics_closed_forms():
     assert scaled_std(g) == pytest.approx(1.0, abs=0.05)
 
 
+@pytest.mark.slow  # keeps `pytest -m "not slow"` under 90 s; still in make test
 def test_analyze_flags_collapse_only(tiny_run, tmp_path, capsys):
     out = tmp_path / "ok"
     assert main(["analyze", "--checkpoint", str(tiny_run), "--data", "synthetic:test", "--max-images", "300", "--out", str(out), "--json"]) == 0

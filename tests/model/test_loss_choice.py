@@ -140,6 +140,7 @@ def test_gradient_cached_step_follows_the_loss(name, semi_hard):
 GRAPHS = [(*s, "bf16") for s in SETTINGS[1:]] + [("nt_logistic", True, True, "fp32"), ("margin_triplet", False, True, "fp32")]
 
 
+@pytest.mark.slow  # keeps `pytest -m "not slow"` under 90 s; still in make test
 @pytest.mark.parametrize("name,semi_hard,l2,precision", GRAPHS, ids=[f"{n}-sh{sh:d}-l2{l2:d}-{p}" for n, sh, l2, p in GRAPHS])
 def test_the_compiled_forward_is_one_graph_with_each_loss(name, semi_hard, l2, precision):
     """As tests/train/test_step.py's test for NT-Xent: the whole forward traces as one graph, no break."""

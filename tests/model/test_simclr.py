@@ -25,6 +25,7 @@ def test_outputs():
     assert "online_loss" not in simclr_model()(x, x)
 
 
+@pytest.mark.slow  # keeps `pytest -m "not slow"` under 90 s; still in make test
 @pytest.mark.parametrize("name,lr", [("lars", 0.25), ("sgd", 0.05), ("adamw", 1e-3)])
 def test_optimising_fixed_views_lowers_the_loss(name, lr):
     torch.manual_seed(0)
