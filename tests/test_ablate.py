@@ -151,3 +151,91 @@ def test_missing_data_is_refused_before_anything_runs(tmp_path, study_file, data
         assert main(["ablate", str(study_file), *flags, "--out", str(tmp_path / "o")]) == 2
         assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("text,match", [
+    ("probes: [linear_zz]\nsettings: [{name: a}]", "unknown 'linear_zz'.*did you mean 'linear_z'"),
+    ("probes: linear_z\nsettings: [{name: a}]", "probes must be a list"),
+    ("show: [linear_z_top1]\nsettings: [{name: a}]", "show: unknown 'linear_z_top1'"),  # needs the linear_z probe
+])
+def test_bad_probes_and_columns_are_one_line_errors(tmp_path, text, match):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=match) as e:
+        load_study(str(p))
+    assert "\n" not in str(e.value)
+
+
+PROBED = STUDY.replace("minutes: 1\n", "minutes: 1\nprobes: [linear_z, hardness]\nshow: [linear_z_top1, contrastive_acc, entropy]\n"
+                       ).replace("paper: {linear_top1: 60.0}", "paper: {linear_top1: 60.0, entropy: 4.5}")
+
+
+def test_probes_add_their_columns_report_and_plot(tmp_path, data):
+    from simclr.study import ablate
+
+    p = tmp_path / "probed.yaml"
+    p.write_text(PROBED)
+    out = tmp_path / "study"
+    res = ablate(str(p), data, data, str(out), log=lambda *_: None)
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    for r in rows:
+        assert 0 <= float(r["linear_z_top1"]) <= 1 and 0 < float(r["entropy"]) <= float(r["max_entropy"]) + 1e-9
+        assert 0 < float(r["hard_share_1pct"]) <= float(r["hard_share_10pct"]) <= 1
+    report = (out / "report.md").read_text()
+    assert "linear top-1 on z = g(h) (%)" in report and "paper: entropy (nats)" in report and "| 4.5 |" in report
+    assert res["hardness_plot"] == str(out / "hardness.png") and (out / "hardness.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "runs" / "t0.1-seed0" / "hardness.json").read_text())["curve"][-1] == pytest.approx(1.0)
+    assert (out / "runs" / "t0.1-seed0" / "linear_z.json").is_file() and (out / "runs" / "t0.1-seed0" / "linear.json").is_file()
+
+
+def test_an_interrupted_evaluation_redoes_only_what_is_missing(tmp_path, data):
+    """A row without a probe's columns (the evaluation was interrupted, or the probe added to the study later)
+    gets that probe only: no training, and the other columns are kept as they were."""
+    import simclr.study.runner as runner
+
+    p = tmp_path / "probed.yaml"
+    p.write_text(PROBED)
+    study = load_study(str(p))
+    out = tmp_path / "study"
+    run_study(study, data, data, out, log=lambda *_: None)
+    f = out / "runs" / "t0.5-seed0" / "study_result.json"
+    row = json.loads(f.read_text())
+    f.write_text(json.dumps({k: v for k, v in row.items() if k != "linear_z_top1"}))
+    calls = []
+    orig = dict(runner.EVALUATIONS)
+    try:
+        for name, (fn, cols) in orig.items():
+            runner.EVALUATIONS[name] = (lambda run, common, fn=fn, name=name: (calls.append((run.name, name)), fn(run, common))[1], cols)
+
+        def no_training(cfg, log=print):
+            raise AssertionError("a finished run was trained again")
+
+        rows = run_study(study, data, data, out, pretrain=no_training, log=lambda *_: None)
+    finally:
+        runner.EVALUATIONS.update(orig)
+    assert calls == [("t0.5-seed0", "linear_z")]
+    again = json.loads(f.read_text())
+    assert again["linear_z_top1"] == pytest.approx(row["linear_z_top1"]) and again["knn_top1"] == row["knn_top1"]
+    assert rows[1]["linear_z_top1"] == again["linear_z_top1"]
+
+
+def test_a_run_that_stopped_early_is_not_evaluated(tmp_path, study_file, data):
+    study = load_study(str(study_file))
+    with pytest.raises(RuntimeError, match="stopped at epoch 0 of 1; run the same command again"):
+        run_study(study, data, data, tmp_path / "s", pretrain=lambda cfg, log=print: None, log=lambda *_: None)
+    assert not list((tmp_path / "s").glob("runs/*/study_result.json"))
+
+
+def test_the_head_study_puts_the_papers_table3_beside_ours(tmp_path):
+    """report.md in Table 3's layout, from rows made up for the test (no training)."""
+    from simclr.study import write_report
+
+    study = load_study("head")
+    rows = []
+    for i, s in enumerate(study.settings):
+        row = {"setting": s.name, "seed": 0, "knn_top1": 0.3, "linear_top1": 0.4 + 0.01 * i, "linear_z_top1": 0.3}
+        row.update({f"tf_{t}_{r}": 0.9 if r == "h" else 0.6 for t in ("color", "rotation", "noise", "sobel") for r in "hz"})
+        rows.append(row)
+    text = write_report(study, rows, tmp_path, "simclr ablate head", "test machine", "2026-12-02").read_text()
+    assert "| Rotation (0/90/180/270) | 25 |" in text and "| 67.6 | 25.6 |" in text and "table3: g(h)" in text
+    assert "| none | 1 | 30.0 | 40.0 | 30.0 |" in text

@@ -3,6 +3,7 @@
     simclr pretrain --data PATH [--config FILE.yaml] [--section.key VALUE ...]
     simclr knn (--checkpoint RUN | --random-init --arch A --width W) --train-data P --test-data P [--json]
     simclr linear|finetune (--checkpoint RUN | --random-init ...) --train-data P --test-data P [--json]
+                                  (linear --projection: classify z = g(h) instead of h)
     simclr embed --checkpoint RUN --data P --out DIR [--projection]
     simclr export --checkpoint RUN --format safetensors|torchvision|onnx --out FILE
     simclr analyze (--checkpoint RUN | --random-init ...) --data P --out DIR
@@ -37,7 +38,7 @@ FLAGS: dict[str, dict[str, str]] = {
                  "resume": "train.resume", "overwrite": "train.overwrite", "strict": "data.strict"},
     "knn": {**_ENCODER, **_EVAL, **_TRAIN_TEST, "k": "knn.k", "temperature": "knn.temperature"},
     "linear": {**_ENCODER, **_EVAL, **_TRAIN_TEST, "solver": "linear.solver", "epochs": "linear.epochs", "lr": "linear.lr",
-               "grid": "linear.grid", "val-fraction": "linear.val_fraction"},
+               "grid": "linear.grid", "val-fraction": "linear.val_fraction", "projection": "linear.projection"},
     "finetune": {**_ENCODER, **_EVAL, **_TRAIN_TEST, "label-fraction": "finetune.label_fraction", "epochs": "finetune.epochs",
                  "lr": "finetune.lr", "from-head-layer": "finetune.from_head_layer"},
     "embed": {**_ENCODER, **_EVAL, "data": "data.path", "projection": "embed.projection"},

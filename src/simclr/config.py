@@ -259,8 +259,11 @@ class LossConfig:
     objective: str = key("official", "what is minimised: official = 2L (sum of both directions' means), paper = L",
                          choices=("official", "paper"))
     # The paper's Table 2 / Table 4 losses (simclr.model.losses); each uses all 2N-2 negatives of an anchor.
-    name: str = key("nt_xent", "contrastive loss: nt_xent (the paper's), nt_logistic or margin_triplet (its Table 2)",
-                    choices=("nt_xent", "nt_logistic", "margin_triplet"))
+    # supervised: the baseline of its Table 1, the same views trained with labels (cross-entropy of a linear
+    # classifier on h) instead of a contrastive task.
+    name: str = key("nt_xent", "loss: nt_xent (the paper's), nt_logistic or margin_triplet (its Table 2), or supervised "
+                               "(cross-entropy of a linear classifier on h with the images' labels: Table 1's baseline)",
+                    choices=("nt_xent", "nt_logistic", "margin_triplet", "supervised"))
     l2_normalize: bool = key(True, "compare L2-normalised projections (cosine similarity); false = raw dot products (Table 5)")
     semi_hard: bool = key(False, "semi-hard negative mining for nt_logistic and margin_triplet (Table 4's (sh) rows)")
     margin: float = key(0.5, "margin m of margin_triplet: max(0, s(anchor, negative) - s(anchor, positive) + m)", lo=0, hi=1e4)
@@ -364,6 +367,7 @@ class LinearSettings:
     lr: float = key(0.1, "sgd: base learning rate, scaled by B/256", gt=0, hi=1e6)
     grid: int = key(12, "lbfgs: number of L2 strengths tried in [1e-6, 1e5]", lo=1, hi=1000)
     val_fraction: float = key(0.2, "lbfgs: validation share of the training data", gt=0, lt=1)
+    projection: bool = key(False, "classify z = g(h), the projection head's output, instead of h (the paper's Figure 8)")
 
 
 @dataclass
@@ -870,6 +874,10 @@ def _cross_checks(cfg) -> list[str]:
         if cfg.loss.semi_hard and cfg.loss.name == "nt_xent":
             errs.append("loss.semi_hard applies to nt_logistic and margin_triplet (NT-Xent weighs every negative by its "
                         "hardness already); set loss.name or drop loss.semi_hard")
+        if cfg.loss.name == "supervised" and cfg.head.num_layers != 0:
+            errs.append("loss.name supervised classifies h and has no projection head: set head.num_layers 0")
+        if cfg.loss.name == "supervised" and cfg.train.chunk_size:
+            errs.append("train.chunk_size (the gradient-cached contrastive step) does not apply to loss.name supervised; set it to 0")
     if hasattr(cfg, "encoder") and isinstance(cfg.encoder, EncoderSource):
         e = cfg.encoder
         needs_checkpoint = isinstance(cfg, (EmbedConfig, ExportConfig))

@@ -54,3 +54,40 @@ def test_linear_cli(tiny_run, capsys):
     assert (tiny_run / "linear.json").is_file()
     assert main(["linear", "--random-init", "--arch", "resnet18", "--width", "0.125", "--image-size", "16", "--train-data",
                  "synthetic", "--test-data", "synthetic:test", "--data.synthetic_train", "400", "--data.synthetic_test", "200", "--solver", "lbfgs", "--grid", "2", "--json"]) == 0
+
+
+def test_the_network_with_projection_is_the_head_after_the_encoder(tiny_run):
+    from simclr.checkpoint import load_run
+    from simclr.config import ConfigError
+    from simclr.evaluate.inputs import EvalInputs
+
+    run = load_run(tiny_run)
+    inp = EvalInputs(run.encoder, 16, torch.device("cpu"), None, None, run, {})
+    assert inp.network(False) is run.encoder
+    net = inp.network(True)
+    x = torch.rand(5, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), run.head(run.encoder(x)))
+    assert net.num_features == run.head.out_dim != run.encoder.num_features
+    with pytest.raises(ConfigError, match="head"):
+        EvalInputs(run.encoder, 16, torch.device("cpu"), None, None, None, {}).network(True)
+
+
+def test_linear_on_the_projection_keeps_the_h_result(tiny_run, tmp_path, capsys):
+    args = ["linear", "--checkpoint", str(tiny_run), "--train-data", "synthetic", "--test-data", "synthetic:test",
+            "--data.synthetic_train", "200", "--data.synthetic_test", "100", "--solver", "lbfgs", "--grid", "2", "--json",
+            "--out", str(tmp_path)]
+    assert main(args) == 0
+    h = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main([*args, "--projection"]) == 0
+    z = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (h["features"], z["features"]) == ("h", "z")
+    assert json.loads((tmp_path / "linear.json").read_text())["features"] == "h"
+    assert json.loads((tmp_path / "linear_z.json").read_text())["top1"] == z["top1"]
+
+
+def test_projection_without_a_run_is_one_line_before_the_data(tmp_path, capsys):
+    rc = main(["linear", "--random-init", "--arch", "resnet18", "--train-data", str(tmp_path / "none"), "--test-data",
+               str(tmp_path / "none"), "--projection"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--checkpoint" in err and "none" not in err.split("--checkpoint")[0] and err.count("\n") == 1

@@ -50,6 +50,17 @@ class EvalInputs:
     def name(self) -> str:
         return str(self.run.path.parent if self.run else "random-init")
 
+    def network(self, projection: bool = False) -> torch.nn.Module:
+        """What the command reads features from: the encoder (h), or with ``projection`` the encoder followed by
+        the run's projection head (z = g(h), eval mode, on ``device``; ``num_features`` is the size of z)."""
+        if not projection:
+            return self.encoder
+        if self.run is None:
+            raise ConfigError("the projection z = g(h) needs a pretrained run's head: give --checkpoint, not --random-init")
+        net = torch.nn.Sequential(self.encoder, self.run.head.to(self.device)).eval()
+        net.num_features = self.run.head.out_dim
+        return net
+
 
 def random_encoder(arch: str, width: float, image_size: int, seed: int) -> torch.nn.Module:
     """A randomly initialised encoder (the baseline), seeded, with the stem the image size calls for."""

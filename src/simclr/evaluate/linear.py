@@ -256,16 +256,21 @@ def linear_eval_sgd(
 
 
 def linear_evaluate(cfg, log=print) -> dict:
-    """``simclr linear`` from a ``simclr.config.LinearConfig``; writes linear.json into eval.out or the run folder."""
+    """``simclr linear`` from a ``simclr.config.LinearConfig``; writes linear.json (linear_z.json with
+    linear.projection) into eval.out or the run folder."""
+    if cfg.linear.projection and not cfg.encoder.checkpoint:  # before any data is read
+        raise ConfigError("--projection classifies z = g(h) with a pretrained run's head: give --checkpoint, not --random-init")
     inp = prepare(cfg, labelled=True, with_test=True, out=lambda run: cfg.eval.out or run, log=log)
     lin, ev = cfg.linear, cfg.eval
+    net = inp.network(lin.projection)
     if lin.solver == "lbfgs":
-        res = linear_eval_lbfgs(inp.encoder, inp.data, inp.test, inp.image_size, inp.device, num_grid=lin.grid,
+        res = linear_eval_lbfgs(net, inp.data, inp.test, inp.image_size, inp.device, num_grid=lin.grid,
                                 val_fraction=lin.val_fraction, batch_size=ev.batch_size, seed=ev.seed, log=log,
                                 crop_fraction=inp.crop_fraction)
     else:
-        res = linear_eval_sgd(inp.encoder, inp.data, inp.test, inp.image_size, inp.device, epochs=lin.epochs,
+        res = linear_eval_sgd(net, inp.data, inp.test, inp.image_size, inp.device, epochs=lin.epochs,
                               batch_size=ev.batch_size, base_lr=lin.lr, seed=ev.seed, log=log, crop_fraction=inp.crop_fraction)
-    res.update(encoder=inp.name, image_size=inp.image_size, num_train=len(inp.data), num_test=len(inp.test))
-    write_result(inp.out, "linear", res)
+    res.update(encoder=inp.name, image_size=inp.image_size, num_train=len(inp.data), num_test=len(inp.test),
+               features="z" if lin.projection else "h")
+    write_result(inp.out, "linear_z" if lin.projection else "linear", res)  # h's linear.json is kept
     return res

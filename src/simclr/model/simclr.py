@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LOSSES", "SimCLR"]
 
-LOSSES = ("nt_xent", "nt_logistic", "margin_triplet")
+LOSSES = ("nt_xent", "nt_logistic", "margin_triplet", "supervised")
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
@@ -59,6 +59,11 @@ class SimCLR(nn.Module):
         semi_hard: semi-hard negative mining (Table 4's "(sh)" rows); only for nt_logistic and
             margin_triplet.
         margin: m of margin_triplet.
+
+    With ``loss_name="supervised"`` the model is the paper's supervised baseline (its Table 1): the classifier
+    on h (``num_classes`` > 0, no projection head) is trained with the cross-entropy of both views' labels and
+    its gradient reaches the encoder; ``contrastive_loss`` and ``contrastive_acc`` then report that
+    cross-entropy and the classifier's accuracy on the training views.
     """
 
     def __init__(self, encoder: ResNet, head: nn.Module, temperature: float, num_classes: int = 0,
@@ -72,6 +77,8 @@ class SimCLR(nn.Module):
                              "(NT-Xent weighs its negatives by their hardness already)")
         if margin < 0:
             raise ValueError(f"margin must be >= 0, got {margin}")
+        if loss_name == "supervised" and num_classes <= 0:
+            raise ValueError("the supervised loss needs labelled images (num_classes > 0)")
         self.encoder = encoder
         self.head = head
         self.temperature = temperature
@@ -117,12 +124,17 @@ class SimCLR(nn.Module):
                                                 self.l2_normalize)
         return nt_xent_with_accuracy(z1, z2, self.temperature, z1_all, z2_all, offset, self.l2_normalize)
 
+    @property
+    def supervised(self) -> bool:
+        return self.loss_name == "supervised"
+
     def online_loss(self, h: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy and accuracy of the online probe on h (2n, F) detached, labels (n,) of the images.
 
-        The probe sees h without its graph: its gradient never reaches the encoder.
+        The probe sees h without its graph: its gradient never reaches the encoder (except under the
+        supervised loss, where this classifier is what trains the encoder).
         """
-        logits = self.online(_f32(h.detach()))
+        logits = self.online(_f32(h if self.supervised else h.detach()))
         y = labels.repeat(2)
         return F.cross_entropy(logits, y), (logits.argmax(1) == y).float().mean()
 
@@ -139,6 +151,12 @@ class SimCLR(nn.Module):
         """
         n = x1.shape[0]
         h, z = self.embed(x1, x2)
+        if self.supervised:
+            if labels is None:
+                raise ValueError("the supervised loss needs the images' labels")
+            ce, acc = self.online_loss(h, labels)
+            return {"contrastive_loss": ce.detach(), "contrastive_acc": acc.detach(), "online_loss": ce.detach(),
+                    "online_acc": acc.detach(), "loss": ce}
         loss, acc = self.contrastive(z[:n], z[n:], gather, rank)
         out = {"contrastive_loss": loss.detach(), "contrastive_acc": acc}
         loss = self.objective_scale * loss

@@ -12,11 +12,11 @@ from typing import Any
 
 from simclr.checkpoint import atomic_write
 from simclr.config import Config, ConfigError, KnnConfig, LinearConfig, config_from_flat
-from simclr.study.spec import Setting, Study
+from simclr.study.spec import PROBES, Setting, Study
 
 __all__ = ["RESULT", "run_config", "run_study"]
 
-RESULT = "study_result.json"  # in each run folder, once its evaluations are done
+RESULT = "study_result.json"  # in each run folder: its row, written when training ends and after each evaluation
 MANIFEST = "study.json"  # in the study folder: what the study was started with
 
 
@@ -58,20 +58,70 @@ def _check_manifest(out: Path, want: dict) -> None:
         _write_json(path, want)
 
 
-def _evaluate(run: Path, train_data: str, test_data: str, overrides: dict[str, Any], log) -> dict:
-    from simclr.evaluate.knn import knn_evaluate
-    from simclr.evaluate.linear import linear_evaluate
-
+def _common(run: Path, train_data: str, test_data: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation keys every probe of a run shares: its encoder, the data, and the study's data and device keys."""
     common = {"encoder.checkpoint": str(run), "data.path": train_data, "data.val_path": test_data}
     for k in ("data.max_per_class", "data.data_dir", "data.num_workers"):
         if k in overrides:
             common[k] = overrides[k]
     if "train.device" in overrides:
         common["eval.device"] = overrides["train.device"]
+    return common
+
+
+def _knn_linear(run: Path, common: dict[str, Any]) -> dict:
+    """Weighted kNN and the L-BFGS linear probe on h (every study)."""
+    from simclr.evaluate.knn import knn_evaluate
+    from simclr.evaluate.linear import linear_evaluate
+
     quiet = lambda *_: None
     knn = knn_evaluate(config_from_flat(common, KnnConfig()), log=quiet)
     lin = linear_evaluate(config_from_flat({**common, "linear.solver": "lbfgs"}, LinearConfig()), log=quiet)
     return {"knn_top1": knn["top1"], "knn_top5": knn["top5"], "linear_top1": lin["top1"], "linear_top5": lin["top5"]}
+
+
+def _linear_z(run: Path, common: dict[str, Any]) -> dict:
+    """The L-BFGS linear probe on z = g(h) (Figure 8)."""
+    from simclr.evaluate.linear import linear_evaluate
+
+    lin = linear_evaluate(config_from_flat({**common, "linear.solver": "lbfgs", "linear.projection": True}, LinearConfig()),
+                          log=lambda *_: None)
+    return {"linear_z_top1": lin["top1"], "linear_z_top5": lin["top5"]}
+
+
+def _transforms(run: Path, common: dict[str, Any]) -> dict:
+    """Table 3: how well h and z = g(h) predict the transformation applied (simclr.evaluate.transform_probe)."""
+    from simclr.config import as_saved, config_from_dict
+    from simclr.evaluate.inputs import prepare
+    from simclr.evaluate.transform_probe import predict_transformations
+
+    inp = prepare(config_from_flat(common, LinearConfig()), with_test=True)
+    augment = config_from_dict({"augment": as_saved(inp.run.config)["augment"]}).augment
+    res = predict_transformations(inp.encoder, inp.run.head.to(inp.device), inp.data, inp.test, inp.image_size, inp.device,
+                                  augment)
+    _write_json(run / "transforms.json", res)
+    return {f"tf_{task}_{rep}": r[rep] for task, r in res.items() for rep in ("h", "z")}
+
+
+def _hardness(run: Path, common: dict[str, Any]) -> dict:
+    """Where NT-Xent's gradient goes among the negatives, and the softmax entropy (simclr.evaluate.hardness);
+    the whole curve is kept in the run folder (hardness.json) for the study's plot."""
+    from simclr.evaluate.hardness import hardness_of_run
+    from simclr.evaluate.inputs import prepare
+
+    inp = prepare(config_from_flat(common, KnnConfig()))
+    res = hardness_of_run(run, inp.data, inp.device)
+    _write_json(run / "hardness.json", res)
+    return {k: v for k, v in res.items() if k != "curve"}
+
+
+# Each evaluation: the function, and the result columns whose absence means it has not run yet.
+EVALUATIONS = {
+    "knn_linear": (_knn_linear, ("knn_top1", "linear_top1")),
+    "linear_z": (_linear_z, PROBES["linear_z"]),
+    "transforms": (_transforms, PROBES["transforms"]),
+    "hardness": (_hardness, PROBES["hardness"]),
+}
 
 
 def _last_metrics(run: Path) -> dict:
@@ -104,25 +154,33 @@ def run_study(study: Study, train_data: str, test_data: str, out: str | Path, se
     rows, total, t_study = [], len(study.settings) * seeds, time.perf_counter()
     for i, (setting, seed) in enumerate(((s, k) for s in study.settings for k in range(seeds)), 1):
         run = out / "runs" / f"{setting.name}-seed{seed}"
-        done = run / RESULT
+        done = run / RESULT  # written once training has finished, then after each evaluation
         row = None
         if done.exists():
             try:
                 row = json.loads(done.read_text())
             except (OSError, ValueError):
-                row = None  # torn or edited: evaluate again
-        if row is None:
-            t0 = time.perf_counter()
+                row = None  # torn or edited: the run is checked again (a finished one is not retrained)
+        t0 = time.perf_counter()
+        if not isinstance(row, dict) or row.get("setting") != setting.name:
             cfg = run_config(study, setting, seed, train_data, run, overrides)
             if not run.exists():  # a new run (resume only what an interrupted call left)
                 cfg.train.resume = False
             pretrain(cfg, log=lambda *_: None)
             last = _last_metrics(run)
-            row = {"setting": setting.name, "seed": seed, **setting.columns,
-                   **_evaluate(run, train_data, test_data, overrides, log),
-                   "contrastive_acc": last.get("contrastive_acc"), "loss": last.get("loss"), "epochs": last.get("epoch"),
-                   "minutes": round((time.perf_counter() - t0) / 60, 2)}
+            if last.get("epoch", 0) < cfg.train.epochs:
+                raise RuntimeError(f"{run} stopped at epoch {last.get('epoch', 0)} of {cfg.train.epochs}; run the same command again")
+            row = {"setting": setting.name, "seed": seed, **setting.columns, "contrastive_acc": last.get("contrastive_acc"),
+                   "loss": last.get("loss"), "epochs": last.get("epoch"), "minutes": round((time.perf_counter() - t0) / 60, 2)}
             _write_json(done, row)
+        todo = [e for e in ("knn_linear", *study.probes) if any(c not in row for c in EVALUATIONS[e][1])]
+        if todo:
+            common = _common(run, train_data, test_data, overrides)
+            for e in todo:  # each saved as it finishes: an interruption loses at most the one under way
+                t1 = time.perf_counter()
+                row.update(EVALUATIONS[e][0](run, common))
+                row["minutes"] = round(row.get("minutes", 0) + (time.perf_counter() - t1) / 60, 2)
+                _write_json(done, row)
             log(f"[{i}/{total}] {setting.name} seed {seed}: knn {row['knn_top1']:.4f}  linear {row['linear_top1']:.4f}  "
                 f"({row['minutes']:.1f} min)")
         else:

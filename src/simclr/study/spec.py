@@ -17,11 +17,21 @@ from simclr.config import (
     validate,
 )
 
-__all__ = ["STUDY_DIRS", "Setting", "Study", "find_study", "load_study"]
+__all__ = ["PERCENT", "PROBES", "STUDY_DIRS", "Setting", "Study", "find_study", "load_study"]
 
 # Where a study given by name is looked up: the working directory's configs/studies, then the project's.
 STUDY_DIRS = (Path("configs/studies"), Path(__file__).resolve().parents[3] / "configs" / "studies")
-_TOP = {"name", "title", "source", "minutes", "base", "settings", "pairs", "plot", "metric", "notes"}
+_TOP = {"name", "title", "source", "minutes", "base", "settings", "pairs", "plot", "metric", "notes", "probes", "show"}
+# Evaluations beyond kNN and the L-BFGS probe on h that a study may ask for (``probes``), and the result
+# columns each adds (in percent in report.md and plot.png).
+PROBES = {
+    "linear_z": ("linear_z_top1",),  # the L-BFGS probe on z = g(h) (Figure 8)
+    "transforms": tuple(f"tf_{t}_{r}" for t in ("color", "rotation", "noise", "sobel") for r in ("h", "z")),  # Table 3
+    "hardness": ("entropy", "hard_share_1pct", "hard_share_10pct"),  # Table 5's entropy, the gradient on hard negatives
+}
+# Result columns that are fractions (shown in percent); the others (entropy, minutes, ...) are shown as they are.
+PERCENT = {"knn_top1", "linear_top1", "linear_z_top1", "contrastive_acc", "hard_share_1pct", "hard_share_10pct",
+           *PROBES["transforms"]}
 
 
 @dataclass
@@ -47,6 +57,8 @@ class Study:
     metric: str = "linear_top1"  # the column the paper reports, and the plot shows
     notes: str = ""
     path: Path | None = None
+    probes: tuple[str, ...] = ()  # extra evaluations of every run (keys of PROBES)
+    show: tuple[str, ...] = ()  # extra result columns in report.md's table (and bars in plot.png)
 
 
 def find_study(name: str) -> Path:
@@ -101,6 +113,18 @@ def _pairs(spec: Any, where: str) -> list[Setting]:
     return out
 
 
+def _names(v: Any, where: str, allowed) -> tuple[str, ...]:
+    """A list of names from ``allowed`` (None: empty)."""
+    if v is None:
+        return ()
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ConfigError(f"{where} must be a list of names")
+    for x in v:
+        if x not in allowed:
+            raise ConfigError(f"{where}: unknown '{x[:60]}'{_closest(x, list(allowed))}; known: {', '.join(allowed)}")
+    return tuple(dict.fromkeys(v))
+
+
 def load_study(name_or_path: str) -> Study:
     """Read and check a study: every key is a pretrain key with a valid value, setting names are unique."""
     path = find_study(name_or_path)
@@ -135,6 +159,9 @@ def load_study(name_or_path: str) -> Study:
     plot = d.get("plot", "bar")
     if plot not in ("bar", "heatmap"):
         raise ConfigError(f"{where}: plot must be bar or heatmap, got {str(plot)[:40]}")
-    return Study(name=str(d.get("name") or path.stem), title=str(d.get("title") or path.stem), source=str(d.get("source", "")),
+    probes = _names(d.get("probes"), f"{where}: probes", PROBES)
+    known = {"knn_top1", "linear_top1", "contrastive_acc", "loss"} | {c for p in probes for c in PROBES[p]}
+    show = _names(d.get("show"), f"{where}: show", sorted(known))
+    return Study(name=str(d.get("name") or path.stem), probes=probes, show=show, title=str(d.get("title") or path.stem), source=str(d.get("source", "")),
                  minutes=minutes, base=_check_keys(d.get("base"), f"{where} base"), settings=settings, plot=plot,
                  metric=str(d.get("metric", "linear_top1")), notes=str(d.get("notes", "")), path=path)

@@ -25,6 +25,7 @@ from simclr.config import Config, ConfigError, as_saved, config_to_dict
 from simclr.data import Batches, ImageSet
 from simclr.data.crop import ViewCropper
 from simclr.data.augment import SimCLRAugment
+from simclr.data.errors import DataError, printable
 from simclr.model.simclr import SimCLR
 from simclr.optim import (
     build_optimizer,
@@ -148,7 +149,11 @@ class Trainer:
             torch.set_num_threads(t.threads)
         torch.manual_seed(t.seed)
         self.folder = folder if folder is not None else RunFolder(t.out, is_main=env.is_main)
-        self.num_classes = len(train.classes) if (train.has_labels and cfg.monitor.online_linear) else 0
+        supervised = cfg.loss.name == "supervised"
+        if supervised and not train.has_labels:
+            raise DataError(f"loss.name supervised trains with labels, and {printable(cfg.data.path)} has none "
+                            "(give a folder with one subfolder of images per class)")
+        self.num_classes = len(train.classes) if (train.has_labels and (cfg.monitor.online_linear or supervised)) else 0
         self.model = model if model is not None else SimCLR.from_config(cfg, self.num_classes)
         if env.distributed:
             # the paper's global BN: SyncBatchNorm on CUDA, the lean GlobalBatchNorm on CPU/gloo
@@ -161,9 +166,9 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * t.epochs
         self.peak_lr = scaled_lr(o.base_lr, t.batch_size, o.lr_scaling)
         self.warmup_steps = warmup_steps_for(o.warmup_epochs, self.steps_per_epoch, self.total_steps, o.warmup_max_fraction)
-        self.optimizer = build_optimizer(o.name, torch.nn.ModuleList([self.model.encoder, self.model.head]), self.peak_lr,
-                                         o.weight_decay, o.momentum, o.eta)
-        if self.model.online is not None:
+        trained = [self.model.encoder, self.model.head] + ([self.model.online] if supervised else [])
+        self.optimizer = build_optimizer(o.name, torch.nn.ModuleList(trained), self.peak_lr, o.weight_decay, o.momentum, o.eta)
+        if self.model.online is not None and not supervised:
             # The online probe only monitors: plain momentum SGD at a tenth of the rate (the usual
             # linear-probe lr of 0.1 x B/256 at the CIFAR base rate), no decay, no LARS adaptation,
             # so that it keeps up in short runs. Its gradients never reach the encoder.
