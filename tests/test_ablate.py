@@ -220,10 +220,47 @@ def test_an_interrupted_evaluation_redoes_only_what_is_missing(tmp_path, data):
 
 
 def test_a_run_that_stopped_early_is_not_evaluated(tmp_path, study_file, data):
+    from simclr.checkpoint import CheckpointError
+
     study = load_study(str(study_file))
-    with pytest.raises(RuntimeError, match="stopped at epoch 0 of 1; run the same command again"):
+    with pytest.raises(CheckpointError, match="stopped at epoch 0 of 1; run the same command again") as e:
         run_study(study, data, data, tmp_path / "s", pretrain=lambda cfg, log=print: None, log=lambda *_: None)
+    assert "\n" not in str(e.value)  # the command line prints it as its one-line error (exit 2)
     assert not list((tmp_path / "s").glob("runs/*/study_result.json"))
+
+
+def test_paper_figures_for_unknown_metrics_are_refused(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("settings: [{name: a, paper: {tf_colour_h: 99.3}}]")
+    with pytest.raises(ConfigError, match="unknown metric 'tf_colour_h'.*did you mean 'tf_color_h'"):
+        load_study(str(p))
+
+
+def test_a_partly_typed_table3_leaves_the_missing_cells_empty(tmp_path):
+    from simclr.study import write_report
+
+    p = tmp_path / "t3.yaml"
+    p.write_text("probes: [transforms]\nsettings: [{name: a, paper: {tf_color_h: 99.3}}, {name: b, paper: {tf_color_z: 1}}]")
+    study = load_study(str(p))
+    rows = [{"setting": n, "seed": 0, "knn_top1": 0.1, "linear_top1": 0.2,
+             **{f"tf_{t}_{r}": 0.5 for t in ("color", "rotation", "noise", "sobel") for r in "hz"}} for n in "ab"]
+    text = write_report(study, rows, tmp_path, "c", "m", "d").read_text()
+    assert "| Colour vs grayscale | 50 | 50.0 | 50.0 | 50.0 | 50.0 | 99.3 |  |" in text
+    assert "| Rotation (0/90/180/270) | 25 | 50.0 | 50.0 | 50.0 | 50.0 |  |  |" in text
+    assert "typed for b are not shown" in text
+
+
+def test_the_transforms_probe_runs_inside_a_study(tmp_path, data):
+    """The runner's path: the run's saved augmentation, its head, transforms.json and the Table 3 columns."""
+    p = tmp_path / "tf.yaml"
+    p.write_text(STUDY.replace("minutes: 1\n", "minutes: 1\nprobes: [transforms]\n").split("  - name: t0.5")[0])
+    out = tmp_path / "study"
+    rows = run_study(load_study(str(p)), data, data, out, log=lambda *_: None)
+    saved = json.loads((out / "runs" / "t0.1-seed0" / "transforms.json").read_text())
+    assert set(saved) == {"color", "rotation", "noise", "sobel"} and saved["rotation"]["chance"] == 0.25
+    for t in saved:
+        for r in "hz":
+            assert rows[0][f"tf_{t}_{r}"] == saved[t][r] and 0 <= saved[t][r] <= 1
 
 
 def test_the_head_study_puts_the_papers_table3_beside_ours(tmp_path):

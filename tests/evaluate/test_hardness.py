@@ -70,13 +70,29 @@ def test_share_at_picks_at_least_one_negative():
     assert share_at(curve, 0.01) == 0.5 and share_at(curve, 0.5) == 0.8 and share_at(curve, 1.0) == 1.0
 
 
-def test_hardness_of_run_uses_the_runs_temperature(tiny_run):
+def test_hardness_of_run_uses_the_runs_temperature_and_views(tiny_run, monkeypatch):
+    """The curve is negative_gradient_share of the run's own projections at the run's tau (0.1 by default here),
+    not at another tau; the figures are the curve's."""
+    import simclr.evaluate.hardness as hardness
     from simclr.config import DataConfig
     from simclr.data import load_dataset
-    from simclr.evaluate.hardness import hardness_of_run
 
+    seen = {}
+    real = hardness.negative_gradient_share
+
+    def spy(z1, z2, temperature, l2_normalize=True):
+        seen.update(z1=z1, z2=z2, tau=temperature, l2=l2_normalize)
+        return real(z1, z2, temperature, l2_normalize)
+
+    monkeypatch.setattr(hardness, "negative_gradient_share", spy)
     data = load_dataset("synthetic", DataConfig(synthetic_train=96, image_size=16))
-    res = hardness_of_run(tiny_run, data, batch_size=16)
+    res = hardness.hardness_of_run(tiny_run, data, batch_size=16)
+    assert (seen["tau"], seen["l2"]) == (0.1, True) and seen["z1"].shape == (16, 128)
+    assert not torch.equal(seen["z1"], seen["z2"])  # two different views
+    assert res["curve"] == real(seen["z1"], seen["z2"], 0.1).tolist()
+    assert res["curve"] != real(seen["z1"], seen["z2"], 1.0).tolist()
+    assert res["hard_share_10pct"] == res["curve"][2]  # ceil(0.1 x 30) = 3 hardest
+    assert res["entropy"] == pytest.approx(softmax_entropy(seen["z1"], seen["z2"], 0.1))
     assert res["batch"] == 16 and len(res["curve"]) == 30 and res["max_entropy"] == pytest.approx(math.log(31))
-    assert 0 < res["entropy"] <= res["max_entropy"] + 1e-9
-    assert 1 / 30 <= res["hard_share_1pct"] <= res["hard_share_10pct"] <= res["hard_share_50pct"] <= 1
+    again = hardness.hardness_of_run(tiny_run, data, batch_size=16)
+    assert again["curve"] == res["curve"]  # seeded

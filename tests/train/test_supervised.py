@@ -79,3 +79,23 @@ def test_supervised_pretraining_needs_labels(tmp_path):
         pretrain(tiny_config(tmp_path / "run", data__path=str(flat), loss__name="supervised", head__num_layers=0),
                  log=lambda *_: None)
     assert "\n" not in str(e.value)
+
+
+def test_the_classifier_trains_with_the_encoder_at_the_full_rate(tmp_path):
+    """Under the supervised loss the classifier is in the encoder's optimiser groups (LARS, the full learning rate),
+    not in the online probe's group at a tenth of it; with the contrastive losses it stays in the probe's group."""
+    from simclr.config import resolve
+    from simclr.data import load_dataset
+    from simclr.train.trainer import Trainer
+
+    def groups(**keys):
+        cfg = tiny_config(tmp_path / "r", **keys)
+        data = load_dataset("synthetic", cfg.data)
+        t = Trainer(resolve(cfg, 16), data, None, log=lambda *_: None)
+        online = {id(p) for p in t.model.online.parameters()}
+        return [g.get("lr_mult", 1.0) for g in t.optimizer.param_groups if any(id(p) in online for p in g["params"])]
+
+    assert set(groups(loss__name="supervised", head__num_layers=0)) == {1.0}
+    assert groups() == [0.1]
+    with pytest.raises(ValueError, match="head.num_layers 0"):
+        simclr_model(num_classes=3, loss_name="supervised")

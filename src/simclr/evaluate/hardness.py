@@ -5,7 +5,8 @@ with respect to the similarity of a negative k is p_k / tau, where p = softmax(l
 away in proportion to its softmax weight, so the most similar ("hardest") negatives get the most. A lower
 tau sharpens p and concentrates the gradient on fewer negatives; its Table 5 shows this as the entropy of p.
 ``negative_gradient_share`` measures it on a model's own projections; ``hardness_of_run`` does so for a
-pretraining run on two views of a batch of its training images, as the loss saw them.
+pretraining run on two views (its own augmentation) of a batch of its training images, the networks in eval mode
+(BatchNorm with its running statistics, where training normalised with the batch's).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def softmax_entropy(z1: torch.Tensor, z2: torch.Tensor, temperature: float, l2_n
 
 def share_at(curve: torch.Tensor, fraction: float) -> float:
     """The share carried by the hardest ``fraction`` of the negatives (at least one of them)."""
-    k = max(1, math.ceil(fraction * len(curve)))
+    k = max(1, math.ceil(fraction * len(curve) - 1e-9))  # 0.1 x 30 is 3.0000000000000004 in floating point
     return float(curve[k - 1])
 
 
@@ -82,8 +83,9 @@ def hardness_of_run(run: str | Path, data, device: torch.device | str = "cpu", s
     device = torch.device(device)
     enc, head = pre.encoder.to(device).eval(), pre.head.to(device).eval()
     x = data.get(idx).to(device)
+    g_views = g if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
-        v1, v2 = aug.views(x, g if device.type == "cpu" else None)
+        v1, v2 = aug.views(x, g_views)
         z1, z2 = head(enc(v1)), head(enc(v2))
     tau, l2 = cfg.loss.temperature, cfg.loss.l2_normalize
     curve = negative_gradient_share(z1, z2, tau, l2)

@@ -72,6 +72,8 @@ class SimCLR(nn.Module):
         super().__init__()
         if loss_name not in LOSSES:
             raise ValueError(f"unknown loss {loss_name!r}: expected one of {', '.join(LOSSES)}")
+        if loss_name == "supervised" and any(True for _ in head.parameters()):
+            raise ValueError("the supervised loss classifies h: give a head without parameters (head.num_layers 0)")
         if semi_hard and loss_name == "nt_xent":
             raise ValueError("semi-hard negative mining applies to nt_logistic and margin_triplet, not nt_xent "
                              "(NT-Xent weighs its negatives by their hardness already)")
@@ -147,7 +149,8 @@ class SimCLR(nn.Module):
         probe's cross-entropy), ``contrastive_loss`` (the configured loss's L: NT-Xent's is the paper's L),
         ``contrastive_acc`` and, with labels
         and a probe, ``online_loss``,
-        ``online_acc`` (all 0-d; only ``loss`` carries a graph).
+        ``online_acc`` (all 0-d; only ``loss`` carries a graph). Under the supervised loss, ``loss`` is the
+        classifier's cross-entropy on both views (labels required) and the other four report it and its accuracy.
         """
         n = x1.shape[0]
         h, z = self.embed(x1, x2)

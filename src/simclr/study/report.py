@@ -87,10 +87,14 @@ def _main_table(study: Study, summary: list[dict]) -> list[str]:
         for c in cols:
             cells.append(_pm(it[c], it[c + "_sd"], it["seeds"]))
             if c != study.metric and any(x["paper_" + c] is not None for x in summary):
-                cells.append("" if it["paper_" + c] is None else f"{it['paper_' + c]:.1f}")
-        cells.append("" if it["paper"] is None else f"{it['paper']:.1f}")
+                cells.append(_paper_cell(it["paper_" + c]))
+        cells.append(_paper_cell(it["paper"]))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _paper_cell(v: float | None) -> str:
+    return "" if v is None else f"{v:.1f}"
 
 
 def _transform_table(summary: list[dict]) -> list[str]:
@@ -100,7 +104,7 @@ def _transform_table(summary: list[dict]) -> list[str]:
     head = ["what to predict", "chance (%)"]
     for it in summary:
         head += [f"{it['setting']}: h", f"{it['setting']}: g(h)"]
-    typed = [it for it in summary if it.get("paper_tf_color_h") is not None]
+    typed = [it for it in summary if any(it.get(f"paper_tf_{t}_{r}") is not None for t, _ in _TASKS for r in "hz")]
     if typed:
         head += ["paper: h", "paper: g(h)"]
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -109,8 +113,11 @@ def _transform_table(summary: list[dict]) -> list[str]:
         for it in summary:
             cells += [_pm(it[f"tf_{task}_h"], it[f"tf_{task}_h_sd"], it["seeds"]), _pm(it[f"tf_{task}_z"], it[f"tf_{task}_z_sd"], it["seeds"])]
         if typed:
-            cells += [f"{typed[0]['paper_tf_' + task + '_h']:.1f}", f"{typed[0]['paper_tf_' + task + '_z']:.1f}"]
+            cells += [_paper_cell(typed[0]["paper_tf_" + task + "_h"]), _paper_cell(typed[0]["paper_tf_" + task + "_z"])]
         lines.append("| " + " | ".join(cells) + " |")
+    if len(typed) > 1:
+        lines += ["", f"(The paper's figures typed for {', '.join(it['setting'] for it in typed[1:])} are not shown: "
+                      f"one setting's are.)"]
     if typed:
         lines += ["", f"The paper's columns (chance 80 / 25 / 50 / 50 there: its colour task labels pretraining views, 20 % of "
                       f"them grayscale) belong to the setting trained as its Table 3 was: {typed[0]['setting']}."]

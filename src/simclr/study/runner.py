@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from simclr.checkpoint import atomic_write
+from simclr.checkpoint import CheckpointError, atomic_write
 from simclr.config import Config, ConfigError, KnnConfig, LinearConfig, config_from_flat
 from simclr.study.spec import PROBES, Setting, Study
 
@@ -169,7 +169,7 @@ def run_study(study: Study, train_data: str, test_data: str, out: str | Path, se
             pretrain(cfg, log=lambda *_: None)
             last = _last_metrics(run)
             if last.get("epoch", 0) < cfg.train.epochs:
-                raise RuntimeError(f"{run} stopped at epoch {last.get('epoch', 0)} of {cfg.train.epochs}; run the same command again")
+                raise CheckpointError(f"{run} stopped at epoch {last.get('epoch', 0)} of {cfg.train.epochs}; run the same command again")
             row = {"setting": setting.name, "seed": seed, **setting.columns, "contrastive_acc": last.get("contrastive_acc"),
                    "loss": last.get("loss"), "epochs": last.get("epoch"), "minutes": round((time.perf_counter() - t0) / 60, 2)}
             _write_json(done, row)

@@ -88,11 +88,19 @@ def _check_keys(keys: Any, where: str) -> dict[str, Any]:
     return dict(keys)
 
 
+# Every result column a study can report, so every metric the paper's figures may be typed for.
+COLUMNS = ("knn_top1", "linear_top1", "contrastive_acc", "loss", *(c for cols in PROBES.values() for c in cols))
+
+
 def _paper(v: Any, where: str) -> dict[str, float]:
     if v is None:
         return {}
     if not isinstance(v, dict) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.values()):
         raise ConfigError(f"{where}.paper must map a metric to a number")
+    unknown = next((k for k in v if k not in COLUMNS), None)
+    if unknown is not None:
+        raise ConfigError(f"{where}.paper: unknown metric '{str(unknown)[:60]}'{_closest(str(unknown), list(COLUMNS))}; "
+                          f"known: {', '.join(COLUMNS)}")
     return {str(k): float(x) for k, x in v.items()}
 
 
@@ -160,7 +168,7 @@ def load_study(name_or_path: str) -> Study:
     if plot not in ("bar", "heatmap"):
         raise ConfigError(f"{where}: plot must be bar or heatmap, got {str(plot)[:40]}")
     probes = _names(d.get("probes"), f"{where}: probes", PROBES)
-    known = {"knn_top1", "linear_top1", "contrastive_acc", "loss"} | {c for p in probes for c in PROBES[p]}
+    known = {"knn_top1", "linear_top1", "contrastive_acc", "loss"} | {c for p in probes for c in PROBES[p]}  # see COLUMNS
     show = _names(d.get("show"), f"{where}: show", sorted(known))
     return Study(name=str(d.get("name") or path.stem), probes=probes, show=show, title=str(d.get("title") or path.stem), source=str(d.get("source", "")),
                  minutes=minutes, base=_check_keys(d.get("base"), f"{where} base"), settings=settings, plot=plot,

@@ -43,7 +43,8 @@ __all__ = ["RunFolder", "RunFolderError", "RUN_FILES"]
 
 # What a run writes; --overwrite removes exactly these (other files in the folder are the user's).
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "encoder.safetensors", "bad_files.txt", "checkpoints",
-             "knn.json", "linear.json", "demo.json", "metrics.png", "views.png")
+             "knn.json", "linear.json", "linear_z.json", "transforms.json", "hardness.json", "study_result.json",
+             "demo.json", "metrics.png", "views.png")
 
 
 class RunFolderError(CheckpointError):
