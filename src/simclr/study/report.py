@@ -6,6 +6,7 @@ import csv
 import io
 import math
 import statistics
+import textwrap
 from pathlib import Path
 
 from simclr.checkpoint import atomic_write
@@ -80,7 +81,7 @@ def _main_table(study: Study, summary: list[dict]) -> list[str]:
         head.append(_LABELS.get(c, c))
         if c != study.metric and any(it["paper_" + c] is not None for it in summary):
             head.append(f"paper: {_LABELS.get(c, c)}")
-    head.append("paper (%)")
+    head.append(f"paper: {_LABELS.get(study.metric, study.metric)}")
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for it in summary:
         cells = [it["setting"], str(it["seeds"])]
@@ -195,7 +196,7 @@ def plot_study(study: Study, rows: list[dict], path: str | Path) -> Path:
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
         ax.set_ylabel("top-1 (%)")
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_title(study.title, fontsize=10)
+    ax.set_title("\n".join(textwrap.wrap(study.title, 80)), fontsize=10)  # long titles would be cut at the edges
     fig.tight_layout()
     path = Path(path)
 
