@@ -250,3 +250,20 @@ def test_streamed_folder_with_broken_files_trains_at_224(tmp_path):
     listed = {line.split("\t")[0]: line.split("\t")[1] for line in (out / "bad_files.txt").read_text().splitlines()}
     assert set(listed) == {str(truncated), str(empty)}, listed
     assert json.loads((out / "metrics.jsonl").read_text())["step"] == 24 // 8  # 24 indexed (the empty file is dropped at indexing): every step ran
+
+
+def test_a_selective_kernel_run_is_rebuilt_by_every_command(tmp_path, capsys):
+    """model.sk_ratio / model.tf_padding reach the run's encoder and come back from its folder."""
+    from simclr.checkpoint import load_run
+    from simclr.model.resnet import SelectiveKernelConv, TFMaxPool2d
+
+    out = tmp_path / "sk"
+    assert main(["pretrain", *TINY, "--arch", "resnet50", "--data.image_size", "40", "--model.sk_ratio", "0.0625",
+                 "--model.tf_padding", "true", "--epochs", "1", "--out", str(out)]) == 0
+    run = load_run(out)
+    assert run.meta["sk_ratio"] == 0.0625 and isinstance(run.encoder.layer1[0].conv2, SelectiveKernelConv)
+    assert isinstance(run.encoder.maxpool, TFMaxPool2d)
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(out), "--format", "torchvision", "--out", str(tmp_path / "tv.pt")]) == 2
+    assert "selective-kernel" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(out), "--format", "safetensors", "--out", str(tmp_path / "e.safetensors")]) == 0

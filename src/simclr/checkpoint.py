@@ -179,14 +179,17 @@ def load_run(run: str | Path) -> Pretrained:
     try:
         cfg = state["config"]
         m, h = cfg["model"], cfg["head"]
+        # keys absent from older runs had these values then
+        arch = {"stage1_projection": False, "sk_ratio": 0.0, "tf_padding": False, **m}
         meta = {"arch": m["arch"], "width": float(m["width"]), "cifar_stem": bool(m["cifar_stem"]),
-                "stage1_projection": bool(m.get("stage1_projection", False)),  # absent before the key existed
+                "stage1_projection": bool(arch["stage1_projection"]), "sk_ratio": float(arch["sk_ratio"]),
+                "tf_padding": bool(arch["tf_padding"]),
                 "image_size": int(cfg["data"]["image_size"]), "epoch": int(state["epoch"])}
         weights = state["model"]
         if meta["arch"] not in ARCHITECTURES:
             raise CheckpointError(f"{run}: unknown architecture {meta['arch']!r}")
-        encoder = build_encoder(meta["arch"], width=meta["width"], cifar_stem=meta["cifar_stem"],
-                                stage1_projection=meta["stage1_projection"])
+        encoder = build_encoder(meta["arch"], **{k: meta[k] for k in ("width", "cifar_stem", "stage1_projection",
+                                                                      "sk_ratio", "tf_padding")})
         head = ProjectionHead(encoder.num_features, num_layers=int(h["num_layers"]), hidden_dim=int(h["hidden_dim"] or 0) or None,
                               out_dim=int(h["out_dim"]), bn=bool(h["bn"]))
     except (KeyError, TypeError, ValueError, AttributeError):

@@ -238,6 +238,11 @@ class ModelConfig:
     # The official ResNet-18/34 give the first block of stage 1 a projection shortcut; torchvision's (and so
     # exports loading into torchvision) use identity there. Bottleneck ResNets have it either way.
     stage1_projection: bool = key(False, "projection shortcut in stage 1 of ResNet-18/34 (the official network)")
+    # SimCLRv2's selective-kernel ResNets (official tf2/resnet.py): its checkpoints use 0.0625.
+    sk_ratio: float = key(0.0, "selective-kernel ratio of the 3x3 convolutions (SimCLRv2: 0.0625; 0 = plain ResNet); "
+                               "> 0 also gives the 3-conv stem and avg-pool shortcuts of the official SK networks", lo=0, hi=1)
+    tf_padding: bool = key(False, "stem max-pool windows placed as TensorFlow's SAME padding (the official checkpoints); "
+                                  "false = torchvision's")
 
 
 @dataclass
@@ -492,7 +497,8 @@ COMMAND_CONFIGS: dict[str, type] = {
 
 # Keys added after the first release whose default changed what a run computes: a saved config without them
 # ran with these values (``as_saved``), so resuming it with the new defaults is a conflict, not a silent switch.
-ADDED_KEYS = {"augment": {"convention": "torchvision"}, "loss": {"objective": "paper"}, "model": {"stage1_projection": False}}
+ADDED_KEYS = {"augment": {"convention": "torchvision"}, "loss": {"objective": "paper"},
+              "model": {"stage1_projection": False, "sk_ratio": 0.0, "tf_padding": False}}
 
 
 def as_saved(d: dict[str, Any]) -> dict[str, Any]:

@@ -175,3 +175,147 @@ def test_stage1_projection_is_the_official_basic_block_layout():
     # a state_dict with the shortcut rebuilds the official layout
     rebuilt = resnet_from_state_dict(official.state_dict())
     assert rebuilt.stage1_projection and not resnet_from_state_dict(plain.state_dict()).stage1_projection
+
+
+# -- SimCLRv2's selective-kernel networks ---------------------------------------------------------------
+
+# The official README's table (google-research/simclr, "Pre-trained models for SimCLRv2"): parameters in
+# millions, rounded there to whole millions, of the encoder (depth, width, SK).
+OFFICIAL_PARAMS_M = {
+    (50, 1, False): 24, (50, 1, True): 35, (50, 2, False): 94, (50, 2, True): 140,
+    (101, 1, False): 43, (101, 1, True): 65, (101, 2, False): 170, (101, 2, True): 257,
+    (152, 1, False): 58, (152, 1, True): 89, (152, 2, False): 233, (152, 2, True): 354, (152, 3, True): 795,
+}
+
+
+@pytest.mark.parametrize("depth,width,sk", sorted(OFFICIAL_PARAMS_M))
+def test_parameter_counts_equal_the_official_table(depth, width, sk):
+    with torch.device("meta"):  # the 795M model would take 3 GB
+        enc = build_encoder(f"resnet{depth}", width=width, sk_ratio=0.0625 if sk else 0.0)
+    n = sum(p.numel() for p in enc.parameters()) / 1e6
+    # The table's ResNet-152 2x figures are 0.75M and 0.60M above the network (232.25M, 353.40M) while the 1x and
+    # 3x ones of the same depth round exactly (58.14, 88.94, 794.70): a width-dependent difference would grow at
+    # 3x, so those two are the table's rounding, not the architecture.
+    if (depth, width) == (152, 2):
+        assert 0 < OFFICIAL_PARAMS_M[depth, width, sk] - n < 1
+    else:
+        assert round(n) == OFFICIAL_PARAMS_M[depth, width, sk]
+
+
+def test_sk_layout_names_and_shapes():
+    """The SK bottleneck's 3x3 makes 2 x planes channels, its mixing bottleneck max(planes/16, 32); the stem is
+    three 3x3 convs (base/2, base/2, base); projection shortcuts are avg-pool + stride-1 1x1 conv + BN."""
+    from simclr.model.resnet import SelectiveKernelConv, TFAvgPool2d
+
+    enc = build_encoder("resnet50", width=2, sk_ratio=0.0625)
+    sd = enc.state_dict()
+    assert [tuple(sd[f"conv1.{i}.weight"].shape) for i in (0, 3, 6)] == [(64, 3, 3, 3), (64, 64, 3, 3), (128, 64, 3, 3)]
+    b = enc.layer4[0]
+    assert isinstance(b.conv2, SelectiveKernelConv) and isinstance(b.bn2, torch.nn.Identity)
+    assert b.conv2.conv.weight.shape == (2048, 1024, 3, 3) and b.conv2.conv.stride == (2, 2)
+    assert b.conv2.fc1.weight.shape == (64, 1024, 1, 1) and b.conv2.fc2.weight.shape == (2048, 64, 1, 1)
+    assert enc.layer1[0].conv2.fc1.weight.shape == (32, 128, 1, 1)  # 128 / 16 = 8 < 32
+    for layer, stride in ((enc.layer1, 1), (enc.layer2, 2), (enc.layer4, 2)):
+        ds = layer[0].downsample
+        assert isinstance(ds[0], TFAvgPool2d) and ds[0].stride == stride and ds[1].stride == (1, 1)
+    assert all(blk.downsample is None for layer in (enc.layer1, enc.layer4) for blk in layer[1:])
+    # a CIFAR stem stays one 3x3 conv; basic blocks keep plain 3x3s and get the ResNet-D shortcut only
+    small = build_encoder("resnet18", width=0.25, cifar_stem=True, sk_ratio=0.0625, stage1_projection=True)
+    assert small.conv1.weight.shape == (16, 3, 3, 3) and isinstance(small.layer2[0].conv2, torch.nn.Conv2d)
+    assert isinstance(small.layer1[0].downsample[0], TFAvgPool2d)
+    with pytest.raises(ValueError, match="sk_ratio"):
+        build_encoder("resnet50", sk_ratio=1.5)
+
+
+def _sk_reference(x, conv_w, bn, fc1_w, fc_bn, fc2_w, stride):
+    """SK_Conv2D of tf2/resnet.py transcribed in float64 with eval-mode BN given as (scale, shift): conv to 2C,
+    BN-ReLU, split into two streams stacked on a new axis 0, global = mean over space of their sum, 1x1, BN-ReLU,
+    1x1 to 2C, split and stacked the same way, softmax over axis 0, weighted sum over axis 0."""
+    y = torch.nn.functional.conv2d(x, conv_w, stride=stride, padding=1)
+    y = torch.relu(y * bn[0][None, :, None, None] + bn[1][None, :, None, None])
+    c = y.shape[1] // 2
+    streams = torch.stack([y[:, :c], y[:, c:]])
+    g = streams.sum(0).mean((2, 3))
+    g = torch.relu((g @ fc1_w[:, :, 0, 0].T) * fc_bn[0] + fc_bn[1])
+    m = g @ fc2_w[:, :, 0, 0].T
+    mixing = torch.softmax(torch.stack([m[:, :c], m[:, c:]]), dim=0)[..., None, None]
+    return (streams * mixing).sum(0)
+
+
+@pytest.mark.parametrize("stride,side", [(1, 6), (2, 7)])
+def test_selective_kernel_conv_equals_a_float64_transcription(stride, side):
+    from simclr.model.resnet import SelectiveKernelConv
+
+    torch.manual_seed(0)
+    sk = SelectiveKernelConv(5, 8, stride, sk_ratio=0.0625, min_dim=4).double().eval()
+    bns = []
+    for bn in (sk.bn, sk.fc_bn):  # non-trivial eval-mode statistics
+        with torch.no_grad():
+            bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(0.5, 2)
+            bn.bias.uniform_(-0.5, 0.5)
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        bns.append((scale.detach(), (bn.bias - bn.running_mean * scale).detach()))
+    x = torch.randn(3, 5, side, side, dtype=torch.float64)
+    ref = _sk_reference(x, sk.conv.weight.detach(), bns[0], sk.fc1.weight.detach(), bns[1], sk.fc2.weight.detach(), stride)
+    out = sk(x)
+    assert out.shape == (3, 8, -(-side // stride), -(-side // stride))
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+
+
+def _tf_same_pool_reference(x, k, s, op):
+    """TF's SAME pooling by brute force: out = ceil(n / s); the window of output i starts at i*s - pad_before,
+    pad_before = floor(total / 2), total = max((out - 1) * s + k - n, 0); only pixels inside the image count."""
+    n = x.shape[-1]
+    out = -(-n // s)
+    before = max((out - 1) * s + k - n, 0) // 2
+    res = torch.empty(*x.shape[:2], out, out, dtype=x.dtype)
+    for i in range(out):
+        for j in range(out):
+            r0, c0 = i * s - before, j * s - before
+            win = x[..., max(r0, 0):min(r0 + k, n), max(c0, 0):min(c0 + k, n)]
+            res[..., i, j] = op(win.flatten(2))
+    return res
+
+
+@pytest.mark.parametrize("side", [6, 7, 8, 112])
+def test_tf_max_pool_places_windows_as_tensorflow_same(side):
+    from simclr.model.resnet import TFMaxPool2d
+
+    x = torch.randn(2, 3, side, side, dtype=torch.float64)
+    ref = _tf_same_pool_reference(x, 3, 2, lambda w: w.max(-1).values)
+    torch.testing.assert_close(TFMaxPool2d(3, 2)(x), ref, rtol=0, atol=0)
+    if side % 2 == 0:  # torchvision's symmetric padding starts the windows one pixel earlier: different
+        assert not torch.equal(torch.nn.MaxPool2d(3, 2, padding=1)(x), ref)
+
+
+@pytest.mark.parametrize("side", [6, 7])
+def test_tf_avg_pools_of_the_resnet_d_shortcut(side):
+    from simclr.model.resnet import TFAvgPool2d
+
+    x = torch.randn(2, 3, side, side, dtype=torch.float64)
+    # stride 1: SAME, the mean of the pixels inside the image
+    torch.testing.assert_close(TFAvgPool2d(1)(x), _tf_same_pool_reference(x, 2, 1, lambda w: w.mean(-1)), rtol=0, atol=1e-15)
+    # stride 2: one zero row and column padded at the end, every window divided by 4
+    padded = torch.nn.functional.pad(x, (0, 1, 0, 1))
+    out = side // 2 + (side % 2)
+    ref = torch.stack([torch.stack([padded[..., 2 * i:2 * i + 2, 2 * j:2 * j + 2].sum((-1, -2)) / 4 for j in range(out)], -1)
+                       for i in range(out)], -2)
+    torch.testing.assert_close(TFAvgPool2d(2)(x), ref, rtol=0, atol=1e-15)
+
+
+def test_sk_networks_train_and_rebuild_from_their_weights():
+    from simclr.model.resnet import resnet_from_state_dict
+
+    torch.manual_seed(0)
+    for arch, cifar in (("resnet50", False), ("resnet18", True)):
+        enc = build_encoder(arch, width=0.125, cifar_stem=cifar, sk_ratio=0.0625, stage1_projection=True)
+        x = torch.rand(4, 3, 32, 32)
+        enc(x).square().mean().backward()
+        assert all(p.grad is not None for p in enc.parameters())
+        enc.eval()
+        rebuilt = resnet_from_state_dict(enc.state_dict()).eval()
+        assert rebuilt.sk_ratio == 0.0625 and rebuilt.cifar_stem == cifar
+        torch.testing.assert_close(rebuilt(x), enc(x), rtol=0, atol=0)
+    wide = build_encoder("resnet50", width=4, sk_ratio=0.125)  # mixing dims above 32 give the ratio back
+    with torch.device("meta"):
+        assert resnet_from_state_dict({k: v.to("meta") for k, v in wide.state_dict().items()}).sk_ratio == 0.125

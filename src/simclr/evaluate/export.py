@@ -67,6 +67,9 @@ def export_encoder(encoder: nn.Module, fmt: str, out: str | Path, image_size: in
     if fmt == "safetensors":
         save_encoder(encoder, out, {k: str(v) for k, v in (metadata or {}).items()})
     elif fmt == "torchvision":
+        if getattr(encoder, "sk_ratio", 0) > 0:
+            raise ConfigError("this is a selective-kernel ResNet (model.sk_ratio), which torchvision does not have; "
+                              "export --format safetensors or onnx instead")
         if getattr(encoder, "stage1_projection", False) and "layer1.0.conv3.weight" not in encoder.state_dict():
             raise ConfigError("this encoder has the official stage-1 projection shortcut (model.stage1_projection), which "
                              "torchvision's resnet18/34 lack; export --format safetensors or onnx instead")

@@ -335,7 +335,7 @@ class Trainer:
                                 f"the last good checkpoint (epoch {self._saved_epoch}) is kept. Lower optim.base_lr or use "
                                 "train.precision fp32")
         m = self.cfg.model
-        meta = {"arch": m.arch, "width": str(m.width), "cifar_stem": str(m.cifar_stem),
+        meta = {"arch": m.arch, "width": str(m.width), "cifar_stem": str(m.cifar_stem), "sk_ratio": str(m.sk_ratio),
                 "image_size": str(self.cfg.data.image_size), "epoch": str(self.epoch)}
         self.folder.save(state, self.model.encoder, meta, self.cfg.train.keep_checkpoints, epoch_end)
         self._saved_epoch, self._saved_at = self.epoch, time.monotonic()
