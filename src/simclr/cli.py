@@ -9,6 +9,7 @@
     simclr analyze (--checkpoint RUN | --random-init ...) --data P --out DIR
     simclr views --data P --out DIR [--n 64] [--config RECIPE.yaml] [any pretrain key]
     simclr ablate STUDY --train-data P --test-data P --out DIR [--seeds K] [any pretrain key]
+    simclr import-official CKPT --out RUN [--image-size N]   an official google-research/simclr checkpoint
     simclr config [COMMAND]      every key of a command, its default and what it does
     simclr demo [--out DIR]
 
@@ -144,6 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, dotted in (("arch", "model.arch"), ("width", "model.width"), ("epochs", "train.epochs"),
                          ("batch-size", "train.batch_size"), ("max-per-class", "data.max_per_class"), ("device", "train.device")):
         a.add_argument(f"--{flag}", dest=dotted, default=None, metavar=dotted.split(".")[1].upper(), help=f"({dotted})")
+    o = sub.add_parser("import-official", help="convert an official google-research/simclr TensorFlow checkpoint into a run folder",
+                       description="Convert a checkpoint of google-research/simclr (tf2: a tf.train.Checkpoint folder or "
+                                   "PREFIX, or a SavedModel folder; SimCLR v1 and v2, with or without SK) into a run folder "
+                                   "that --checkpoint accepts: the ResNet, the projection head and the supervised head. "
+                                   "TensorFlow is not needed. See docs/official-checkpoints.md.")
+    o.add_argument("ckpt", help="checkpoint folder, PREFIX (PREFIX.index beside it) or SavedModel folder")
+    o.add_argument("--out", required=True, help="the run folder to write")
+    o.add_argument("--image-size", type=int, default=None, help="training resolution (default 224, or 32 for a CIFAR-stem model)")
+    o.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     c = sub.add_parser("config", help="list a command's keys with their defaults, or print a recipe resolved on the defaults")
     c.add_argument("for_command", nargs="?", default="pretrain", choices=list(FLAGS), metavar="COMMAND",
                    help="pretrain (default), " + ", ".join(list(FLAGS)[1:]))
@@ -274,6 +284,15 @@ def _ablate(args, rest: list[str], argv: list[str]) -> int:
     return 0
 
 
+def _import_official(args) -> int:
+    from simclr.official import import_official
+
+    if args.image_size is not None and not 8 <= args.image_size <= 8192:
+        raise UsageError(f"--image-size must be between 8 and 8192, got {args.image_size}")
+    import_official(args.ckpt, args.out, image_size=args.image_size, overwrite=args.overwrite)
+    return 0
+
+
 def _demo(args) -> int:
     from simclr.demo import run_demo
 
@@ -310,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             return _ablate(args, rest, argv)
         if rest:
             raise UsageError(f"unrecognised arguments: {' '.join(rest)[:200]}")
+        if args.command == "import-official":
+            return _import_official(args)
         return _demo(args) if args.command == "demo" else _config(args)
     except (ConfigError, DataError, CheckpointError, UsageError, FloatingPointError) as e:
         print(f"simclr {args.command}: error: {' '.join(str(e).split())[:2000]}", file=sys.stderr)

@@ -196,7 +196,7 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """ResNet trunk returning h of shape (B, num_features) from images (B, 3, H, W).
+    """ResNet trunk (``arch`` names it when built through the registry) returning h of shape (B, num_features) from images (B, 3, H, W).
 
     Args:
         block: BasicBlock or Bottleneck.
@@ -310,8 +310,10 @@ def _constructor(name: str) -> Callable[..., ResNet]:
 
     def make(width: float = 1.0, cifar_stem: bool = False, zero_init_residual: bool = True,
              stage1_projection: bool = False, sk_ratio: float = 0.0, tf_padding: bool = False) -> ResNet:
-        return ResNet(block, layers, width=width, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual,
-                      stage1_projection=stage1_projection, sk_ratio=sk_ratio, tf_padding=tf_padding)
+        net = ResNet(block, layers, width=width, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual,
+                     stage1_projection=stage1_projection, sk_ratio=sk_ratio, tf_padding=tf_padding)
+        net.arch = name
+        return net
 
     make.__name__ = name
     make.__doc__ = f"{name} encoder (see ``ResNet`` for the arguments); returns h of shape (B, num_features)."
@@ -333,12 +335,12 @@ def build_encoder(arch: str, **kwargs) -> ResNet:
     return _constructor(arch)(**kwargs)
 
 
-def resnet_from_state_dict(state_dict: dict[str, torch.Tensor]) -> ResNet:
+def resnet_from_state_dict(state_dict: dict[str, torch.Tensor], tf_padding: bool = False) -> ResNet:
     """Build the ResNet that a state_dict describes (depth, width, stem, selective kernels) and load it.
 
     Useful for weights exported with ``simclr export --format torchvision`` or taken from torchvision
-    itself (its ``fc`` is ignored), and for this package's SK networks. ``tf_padding`` has no weights
-    and stays False.
+    itself (its ``fc`` is ignored), and for this package's SK networks. ``tf_padding`` has no weights, so
+    it is the caller's to say.
     """
     sd = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
     bottleneck = "layer1.0.conv3.weight" in sd
@@ -358,6 +360,6 @@ def resnet_from_state_dict(state_dict: dict[str, torch.Tensor]) -> ResNet:
     stem = sd["conv1.weight"] if "conv1.weight" in sd else None
     model = build_encoder(name, width=width, cifar_stem=stem is not None and stem.shape[-1] == 3,
                           stage1_projection=not bottleneck and any(k.startswith("layer1.0.downsample.") for k in sd),
-                          sk_ratio=sk_ratio if (sk_ratio or not resnet_d) else 0.0625)
+                          sk_ratio=sk_ratio if (sk_ratio or not resnet_d) else 0.0625, tf_padding=tf_padding)
     model.load_state_dict(sd)
     return model

@@ -51,6 +51,10 @@ class RunFolderError(CheckpointError):
     """The run folder cannot be used: taken by another process, holding another run, or not writable."""
 
 
+class ImportedRun(CheckpointError):
+    """The folder holds weights converted from another implementation (simclr import-official), no training state."""
+
+
 class RunFolder:
     """Housekeeping of one run folder (see the module docstring)."""
 
@@ -263,6 +267,8 @@ class RunFolder:
             try:
                 state = load_checkpoint(path, map_location=map_location)
                 _check_state(state, path)
+            except ImportedRun:
+                raise
             except CheckpointError as e:
                 first_error = first_error or e
                 continue
@@ -274,6 +280,9 @@ class RunFolder:
 
 def _check_state(state: dict, path: Path) -> None:
     """A training state this run can continue from: its parts present, its counters sane, every tensor finite."""
+    if state.get("imported"):
+        raise ImportedRun(f"{path} holds weights imported from a {str(state['imported']).split(' checkpoint')[0]} "
+                              "checkpoint, not a training state to continue; pretrain into another --out")
     if (not {"model", "optimizer", "epoch", "step"} <= state.keys() or not isinstance(state["model"], dict)
             or not isinstance(state["optimizer"], dict) or not isinstance(state.get("config", {}), dict)
             or not all(isinstance(v, dict) for v in state.get("config", {}).values())):
