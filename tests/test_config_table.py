@@ -15,6 +15,7 @@ REQUIRED = {
     "knn": ["--checkpoint", "CKPT", "--train-data", "synthetic", "--test-data", "synthetic:test", "--out", "OUT"],
     "linear": ["--checkpoint", "CKPT", "--train-data", "synthetic", "--test-data", "synthetic:test", "--out", "OUT"],
     "finetune": ["--checkpoint", "CKPT", "--train-data", "synthetic", "--test-data", "synthetic:test", "--out", "OUT"],
+    "distill": ["--teacher", "CKPT", "--data", "synthetic", "--test-data", "synthetic:test", "--out", "OUT"],
     "embed": ["--checkpoint", "CKPT", "--data", "synthetic", "--out", "OUT"],
     "export": ["--checkpoint", "CKPT", "--out", "OUT"],
     "analyze": ["--checkpoint", "CKPT", "--data", "synthetic", "--out", "OUT"],

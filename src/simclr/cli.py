@@ -4,6 +4,7 @@
     simclr knn (--checkpoint RUN | --random-init --arch A --width W) --train-data P --test-data P [--json]
     simclr linear|finetune (--checkpoint RUN | --random-init ...) --train-data P --test-data P [--json]
                                   (linear --projection: classify z = g(h) instead of h)
+    simclr distill --teacher FT_DIR --data P --test-data P --out DIR [--arch A --width W] [--labels-weight a]
     simclr embed --checkpoint RUN --data P --out DIR [--projection]
     simclr export --checkpoint RUN --format safetensors|torchvision|onnx --out FILE
     simclr analyze (--checkpoint RUN | --random-init ...) --data P --out DIR
@@ -42,6 +43,10 @@ FLAGS: dict[str, dict[str, str]] = {
                "grid": "linear.grid", "val-fraction": "linear.val_fraction", "projection": "linear.projection"},
     "finetune": {**_ENCODER, **_EVAL, **_TRAIN_TEST, "label-fraction": "finetune.label_fraction", "epochs": "finetune.epochs",
                  "lr": "finetune.lr", "from-head-layer": "finetune.from_head_layer"},
+    "distill": {**{k: v for k, v in _EVAL.items() if k != "max-per-class"}, "max-per-class": "data.max_per_class",
+                "data": "data.path", "test-data": "data.val_path", "teacher": "distill.teacher", "arch": "distill.arch",
+                "width": "distill.width", "epochs": "distill.epochs", "lr": "distill.lr",
+                "temperature": "distill.temperature", "labels-weight": "distill.labels_weight"},
     "embed": {**_ENCODER, **_EVAL, "data": "data.path", "projection": "embed.projection"},
     "export": {"checkpoint": "encoder.checkpoint", "format": "export.format", "out": "eval.out", "device": "eval.device"},
     "analyze": {**_ENCODER, **_EVAL, "data": "data.path", "max-images": "analyze.max_images"},
@@ -55,6 +60,7 @@ HELP = {
     "knn": "weighted kNN accuracy of an encoder's h",
     "linear": "linear evaluation of the frozen encoder (SGD or L-BFGS)",
     "finetune": "semi-supervised fine-tuning on a fraction of the labels",
+    "distill": "train a student on a fine-tuned teacher's predictions over unlabelled images (SimCLRv2)",
     "embed": "write the representation of every image (embeddings.npy + index.csv)",
     "export": "export the encoder alone",
     "analyze": "alignment, uniformity, rank, collapse check, t-SNE map, neighbours",
@@ -221,6 +227,14 @@ def _finetune(cfg) -> int:
     return 0
 
 
+def _distill(cfg) -> int:
+    from simclr.evaluate.distill import distill_command
+
+    res = distill_command(cfg)
+    _print_scores(f"distill (teacher top1 {res['teacher_top1']:.4f})", res, cfg.eval.json)
+    return 0
+
+
 def _embed(cfg) -> int:
     from simclr.evaluate.export import embed
 
@@ -253,7 +267,7 @@ def _views(cfg) -> int:
     return 0
 
 
-RUNNERS = {"pretrain": _pretrain, "knn": _knn, "linear": _linear, "finetune": _finetune, "embed": _embed,
+RUNNERS = {"pretrain": _pretrain, "knn": _knn, "linear": _linear, "finetune": _finetune, "distill": _distill, "embed": _embed,
            "export": _export, "analyze": _analyze, "views": _views}
 
 

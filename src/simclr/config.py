@@ -384,6 +384,18 @@ class FinetuneSettings:
 
 
 @dataclass
+class DistillSettings:
+    teacher: str = key("", "output folder of simclr finetune (or distill) holding the teacher, finetuned.safetensors")
+    arch: str = key("", "student architecture; empty: the teacher's", choices_from="arch_or_empty")
+    width: float = key(0.0, "student width multiplier; 0: the teacher's", lo=0, hi=16)
+    epochs: int = key(30, "epochs over the unlabelled images", lo=1, hi=1_000_000)
+    lr: float = key(0.1, "base learning rate, scaled by B/256 (SGD with Nesterov momentum, cosine)", gt=0, hi=1e6)
+    temperature: float = key(1.0, "t of the softened predictions P(y|x; t) = softmax(logits / t)", gt=0, hi=1e4)
+    labels_weight: float = key(0.0, "weight of the cross-entropy on the teacher's labelled images (SimCLRv2's 1 - alpha); "
+                                    "0: distillation alone", lo=0, hi=1)
+
+
+@dataclass
 class EmbedSettings:
     projection: bool = key(False, "write z = g(h) instead of h")
 
@@ -426,6 +438,15 @@ class FinetuneConfig:
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalSettings = field(default_factory=EvalSettings)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+
+
+@dataclass
+class DistillConfig:
+    """``simclr distill``: a student learns a fine-tuned teacher's predictions on unlabelled images (SimCLRv2)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    distill: DistillSettings = field(default_factory=DistillSettings)
 
 
 @dataclass
@@ -489,6 +510,7 @@ COMMAND_CONFIGS: dict[str, type] = {
     "knn": KnnConfig,
     "linear": LinearConfig,
     "finetune": FinetuneConfig,
+    "distill": DistillConfig,
     "embed": EmbedConfig,
     "export": ExportConfig,
     "analyze": AnalyzeConfig,
@@ -778,7 +800,7 @@ def resolve(cfg: Config, image_size: int) -> Config:
 
 
 def _registry(name: str) -> tuple[str, ...]:
-    if name == "arch":
+    if name in ("arch", "arch_or_empty"):
         from simclr.model.resnet import ARCHITECTURES
 
         return ARCHITECTURES
@@ -815,6 +837,8 @@ def _check_value(name: str, v: Any, meta: dict) -> str | None:
         if meta.get("choices_from") == "device":
             err = _check_device(v)
             return f"{name}: {err}" if err else None
+        if meta.get("choices_from") == "arch_or_empty" and v == "":
+            return None
         if meta.get("choices_from"):
             options = _registry(meta["choices_from"])
             if v not in options:

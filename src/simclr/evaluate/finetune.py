@@ -23,7 +23,10 @@ from simclr.evaluate.linear import train_classifier
 from simclr.optim import scaled_lr
 from simclr.runtime import seeded
 
-__all__ = ["balanced_subset", "Classifier", "finetune", "finetune_evaluate", "write_labels"]
+__all__ = ["balanced_subset", "Classifier", "FINETUNED", "finetune", "finetune_evaluate", "load_finetuned", "save_finetuned",
+           "write_labels"]
+
+FINETUNED = "finetuned.safetensors"  # the fine-tuned (or distilled) network in its output folder
 
 
 def balanced_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
@@ -60,7 +63,65 @@ class Classifier(nn.Module):
         return h
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> logits (B, num_classes)."""
         return self.fc(self.features(x))
+
+    def describe(self) -> dict:
+        """What rebuilds this network (``load_finetuned``): the encoder's keys, the head's and the classes."""
+        head = None
+        if self.head is not None and self.head_layers:
+            first = self.head.layers[0][0]
+            head = {"num_layers": len(self.head.layers), "hidden_dim": first.out_features if len(self.head.layers) > 1 else None,
+                    "out_dim": self.head.out_dim, "bn": isinstance(self.head.layers[0][1], nn.BatchNorm1d)
+                    if len(self.head.layers[0]) > 1 else False}
+        return {"encoder": self.encoder.arch_config(), "head": head, "head_layers": self.head_layers if head else 0,
+                "num_classes": self.fc.out_features}
+
+
+def save_finetuned(path: str | Path, model: Classifier, classes: list[str], image_size: int,
+                   crop_fraction: float | None, extra: dict | None = None) -> None:
+    """Write the whole network (encoder, the head layers it uses, classifier) as safetensors with what rebuilds it
+    (``Classifier.describe``), its classes in label order and its input size in the metadata."""
+    from simclr.checkpoint import save_encoder
+
+    meta = {**model.describe(), "classes": list(classes), "image_size": int(image_size), "crop_fraction": crop_fraction,
+            **(extra or {})}
+    save_encoder(model, path, meta)
+
+
+def load_finetuned(folder: str | Path) -> tuple[Classifier, dict]:
+    """The network that ``simclr finetune`` or ``simclr distill`` saved in ``folder`` (eval mode) and its metadata
+    (classes, image_size, crop_fraction, ...). CheckpointError (one line) when there is none or it is damaged."""
+    import json
+
+    from safetensors import safe_open
+
+    from simclr.checkpoint import CheckpointError
+    from simclr.model.head import ProjectionHead
+    from simclr.model.resnet import build_encoder
+
+    folder = Path(folder)
+    path = folder / FINETUNED if folder.is_dir() else folder
+    if not path.is_file():
+        raise CheckpointError(f"no fine-tuned network at {folder} (expected {FINETUNED}, which simclr finetune and "
+                              "simclr distill write into their output folder)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["simclr"])
+            weights = {k: f.get_tensor(k) for k in f.keys()}
+        enc = meta["encoder"]
+        encoder = build_encoder(**enc)
+        head = None
+        if meta.get("head"):
+            h = meta["head"]
+            head = ProjectionHead(encoder.num_features, h["num_layers"], h["hidden_dim"], h["out_dim"], h["bn"])
+        model = Classifier(encoder, int(meta["num_classes"]), head, int(meta.get("head_layers", 0)))
+        model.load_state_dict(weights)
+    except CheckpointError:
+        raise
+    except Exception as e:  # a damaged or foreign file: safetensors, JSON, key or shape errors
+        raise CheckpointError(f"{path} is not a network saved by simclr finetune/distill: {str(e).splitlines()[0][:200]}") from None
+    return model.eval(), meta
 
 
 def finetune(
@@ -101,6 +162,9 @@ def finetune(
     if out is not None:
         names = train.names("train")
         write_labels(Path(out) / "finetune_labels.txt", [(names[i], int(train.labels[i])) for i in subset.tolist()])
+        save_finetuned(Path(out) / FINETUNED, model.cpu(), list(train.classes), image_size, crop_fraction,
+                       {"label_fraction": label_fraction, "top1": res["top1"]})
+        model.to(device)
     return res
 
 

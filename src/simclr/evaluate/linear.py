@@ -39,11 +39,13 @@ def crop_flip(image_size: int) -> SimCLRAugment:
 
 
 def train_classifier(logits_fn, params: list, data, image_size: int, device: torch.device, epochs: int, batch_size: int,
-                     lr: float, seed: int, log=print, name: str = "train") -> None:
+                     lr: float, seed: int, log=print, name: str = "train", objective=None) -> None:
     """The evaluation protocols' optimisation: SGD + Nesterov momentum 0.9, no weight decay, a cosine
     schedule per step from ``lr`` to 0, cross-entropy on random crop + flip views of ``data``.
 
     ``logits_fn(x)`` maps views (B, 3, S, S) (channels_last) to logits; ``params`` are what it trains.
+    ``objective(logits, x, idx)``, when given, replaces the cross-entropy with the labels (distillation:
+    the teacher's predictions on the same views x of images idx).
     Deterministic for ``seed`` on CPU (data order and crops). A NaN/inf loss stops with FloatingPointError.
     """
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=0.0)
@@ -60,7 +62,11 @@ def train_classifier(logits_fn, params: list, data, image_size: int, device: tor
             set_lr(opt, warmup_cosine(step, total, 0, lr))
             with out_of_memory_as_error(f"training on batches of {len(idx)} images of {image_size}px on {device}"):
                 x = aug(data.get(idx).to(device), gen if device.type == "cpu" else None)
-                loss = F.cross_entropy(logits_fn(x.contiguous(memory_format=torch.channels_last)), data.labels[idx].to(device))
+                x = x.contiguous(memory_format=torch.channels_last)
+                if objective is None:
+                    loss = F.cross_entropy(logits_fn(x), data.labels[idx].to(device))
+                else:
+                    loss = objective(logits_fn(x), x, idx)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
             opt.step()

@@ -236,6 +236,7 @@ class ResNet(nn.Module):
         self.cifar_stem = cifar_stem
         self.stage1_projection = stage1_projection
         self.sk_ratio = sk_ratio
+        self.tf_padding = tf_padding
         self.inplanes = base
         if cifar_stem:
             self.conv1 = nn.Conv2d(3, base, 3, stride=1, padding=1, bias=False)
@@ -283,6 +284,11 @@ class ResNet(nn.Module):
         self.inplanes = cout
         mods += [block(self.inplanes, planes, sk_ratio=self.sk_ratio) for _ in range(1, blocks)]
         return nn.Sequential(*mods)
+
+    def arch_config(self) -> dict:
+        """The keywords that rebuild this network with ``build_encoder`` (the ``model.*`` keys)."""
+        return {"arch": getattr(self, "arch", None), "width": self.width, "cifar_stem": self.cifar_stem,
+                "stage1_projection": self.stage1_projection, "sk_ratio": self.sk_ratio, "tf_padding": self.tf_padding}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> last feature map (B, num_features, H', W')."""
