@@ -95,10 +95,21 @@ def test_resolve_auto_keys():
 def test_recipes_load_and_validate():
     from pathlib import Path
 
+    import re
+
+    from simclr.config import COMMAND_CONFIGS
+
     recipes = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
-    assert len(recipes) >= 3
+    assert len(recipes) >= 7
     for r in recipes:
-        cfg = load_config(r)
+        # each recipe says the command it is for in its usage line: "... simclr finetune --config configs/..."
+        usage = re.search(r"simclr (\w+) --config configs/" + re.escape(r.name), r.read_text())
+        assert usage, f"{r.name} has no usage line"
+        cfg = load_config(r, cls=COMMAND_CONFIGS[usage.group(1)])
+        if usage.group(1) != "pretrain":  # what the usage line adds on the command line
+            cfg.data.path, cfg.data.val_path = "train", "val"
+            if hasattr(cfg, "encoder"):
+                cfg.encoder.checkpoint = "RUN"
         validate(cfg)
 
 

@@ -124,6 +124,10 @@ def _model_variables(path: str | Path) -> dict[str, np.ndarray]:
                 out[m.group(1)] = value
                 break
     if not any(k.startswith("resnet_model/") for k in out):
+        if any(k.startswith("base_model/") for k in raw):
+            raise TFCheckpointError(f"{path} is a TF1 checkpoint of google-research/simclr (name-based, base_model/...), which "
+                                    "this converter does not read; convert the TF2 SavedModel of the same model "
+                                    "(gs://simclr-checkpoints-tf2/..., see docs/official-checkpoints.md)")
         raise TFCheckpointError(f"{path}: no official SimCLR ResNet in this checkpoint (no resnet_model/ variables)")
     return out
 
