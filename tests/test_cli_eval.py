@@ -82,7 +82,7 @@ def test_evaluation_config_file_and_dotted_keys(tiny_run, tmp_path, capsys):
     assert json.loads((tmp_path / "res" / "knn.json").read_text())["k"] == 7
 
 
-@pytest.mark.parametrize("command", ["pretrain", "knn", "linear", "finetune", "embed", "export", "analyze", "views"])
+@pytest.mark.parametrize("command", sorted(__import__("simclr.config", fromlist=["COMMAND_CONFIGS"]).COMMAND_CONFIGS))
 def test_config_command_lists_every_key(command, capsys):
     from simclr.config import COMMAND_CONFIGS, all_keys
 

@@ -311,7 +311,9 @@ class TrainConfig:
     chunk_size: int = key(0, "> 0: gradient-cached step over chunks of this many images; 0: the plain step", lo=0, hi=1 << 24)
     keep_checkpoints: int = key(1, "> 1: also keep the last K epoch checkpoints in RUN/checkpoints/", lo=1, hi=100_000)
     skip_nonfinite: bool = key(False, "skip (and count) steps whose loss is NaN/inf instead of stopping")
-    progress: bool = key(True, "progress bar")
+    progress: bool = key(True, "progress bar on a terminal; in a log file (stderr not a terminal), a plain line every log_every steps")
+    log_every: int = key(50, "steps between progress lines when stderr is not a terminal (0: one line per epoch only)",
+                         lo=0, hi=1 << 30)
 
 
 @dataclass

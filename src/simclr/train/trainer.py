@@ -42,6 +42,7 @@ from simclr.train.distributed import (
     gather_with_grad,
 )
 from simclr.train.monitor import KnnMonitor
+from simclr.train.progress import epoch_progress
 from simclr.train.run_folder import RunFolder
 from simclr.train.step import cached_backward, plain_backward
 
@@ -373,7 +374,8 @@ class Trainer:
         start_step = self.step - epoch * self.steps_per_epoch  # > 0 when resuming mid-epoch
         if not (start_step > 0 and self.stats is not None):
             self.stats = StepStats.zeros(self.device)
-        bar = _progress(self.steps_per_epoch, start_step, f"epoch {epoch + 1}/{t.epochs}", t.progress and self.env.is_main)
+        bar = epoch_progress(self.steps_per_epoch, start_step, f"epoch {epoch + 1}/{t.epochs}", t.progress and self.env.is_main,
+                             t.log_every)
         start, steps, known_bad = time.perf_counter(), 0, len(self.train_set.bad)
         bad_at_start = known_bad
         for x, y, idx in self.batches.epoch(epoch, start_step):
@@ -389,10 +391,10 @@ class Trainer:
             if len(self.train_set.bad) > known_bad:  # streamed files that broke during the epoch
                 known_bad = len(self.train_set.bad)
                 self.folder.write_bad_files(self.train_set.bad)
-            if bar is not None:
-                bar.update(1)
-                if self.step % 10 == 0:
+            if bar is not None:  # figures every 10 steps (.item() waits for the device), or for a log line about to print
+                if self.step % 10 == 0 or getattr(bar, "prints_next", False):
                     bar.set_postfix(loss=f"{out['contrastive_loss'].item():.3f}", lr=f"{out['lr'].item():.3g}")
+                bar.update(1)
         new_bad = len(self.train_set.bad) - bad_at_start
         if new_bad and self.env.is_main:
             print(f"warning: {new_bad} image file(s) could not be read during epoch {epoch + 1} and were replaced; they are "
@@ -439,7 +441,7 @@ class Trainer:
 
 # Keys that may differ when a run is resumed: where it runs and how it reports, not what it computes.
 RESUMABLE_CHANGES = {
-    "train": {"epochs", "resume", "overwrite", "out", "device", "progress", "threads", "keep_checkpoints", "checkpoint_every",
+    "train": {"epochs", "resume", "overwrite", "out", "device", "progress", "log_every", "threads", "keep_checkpoints", "checkpoint_every",
               "checkpoint_minutes", "dist_timeout", "compile"},
     "data": {"path", "data_dir", "val_path", "num_workers", "strict"},
     "monitor": {"knn_every", "knn_k", "knn_temperature", "knn_max_images"},
@@ -479,14 +481,6 @@ def resume_conflicts(saved: dict, current: dict) -> list[str]:
             if before != value:
                 out.append(f"{section}.{name} was {before!r}, this command has {value!r}")
     return out
-
-
-def _progress(total: int, done: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=done, desc=desc, leave=False, dynamic_ncols=True)
 
 
 def _format(rec: dict) -> str:
