@@ -312,6 +312,9 @@ class TrainConfig:
     keep_checkpoints: int = key(1, "> 1: also keep the last K epoch checkpoints in RUN/checkpoints/", lo=1, hi=100_000)
     skip_nonfinite: bool = key(False, "skip (and count) steps whose loss is NaN/inf instead of stopping")
     progress: bool = key(True, "progress bar on a terminal; in a log file (stderr not a terminal), a plain line every log_every steps")
+    tensorboard: bool = key(False, "also log to TensorBoard in RUN/tb (scalars, the first views, the embedding projector); "
+                                   "needs pip install 'simclr[tensorboard]'")
+    tensorboard_every: int = key(10, "steps between TensorBoard's per-step scalars (0: epoch ends only)", lo=0, hi=1 << 30)
     log_every: int = key(50, "steps between progress lines when stderr is not a terminal (0: one line per epoch only)",
                          lo=0, hi=1 << 30)
 

@@ -22,6 +22,10 @@ def pretrain(cfg: Config, log=print) -> Path:
     (continuing from the saved state with ``train.resume``). Under torchrun every process calls this.
     """
     validate(cfg)
+    if cfg.train.tensorboard:  # before any work: the optional package is missing, say so in one line
+        from simclr.train.tensorboard_log import require_tensorboard
+
+        require_tensorboard()
     env = init_distributed(pick_device(cfg.train.device).type, cfg.train.dist_timeout)
     try:
         run = _pretrain(cfg, env, log)

@@ -44,7 +44,8 @@ __all__ = ["RunFolder", "RunFolderError", "RUN_FILES"]
 # What a run writes; --overwrite removes exactly these (other files in the folder are the user's).
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "encoder.safetensors", "bad_files.txt", "checkpoints",
              "knn.json", "linear.json", "linear_z.json", "transforms.json", "hardness.json", "study_result.json",
-             "demo.json", "metrics.png", "views.png")
+             "demo.json", "metrics.png", "views.png", "tb")
+RUN_DIRS = ("checkpoints", "tb")  # the run's folders among RUN_FILES
 
 
 class RunFolderError(CheckpointError):
@@ -134,7 +135,7 @@ class RunFolder:
             p = self.path / name
             if not os.path.lexists(p):
                 continue
-            want_dir = name == "checkpoints"
+            want_dir = name in RUN_DIRS
             ok = p.is_dir() if want_dir else p.is_file()
             if not ok:
                 kind = "folder" if want_dir else "regular file"

@@ -43,6 +43,7 @@ from simclr.train.distributed import (
 )
 from simclr.train.monitor import KnnMonitor
 from simclr.train.progress import epoch_progress
+from simclr.train.tensorboard_log import TensorBoardLog
 from simclr.train.run_folder import RunFolder
 from simclr.train.step import cached_backward, plain_backward
 
@@ -192,6 +193,7 @@ class Trainer:
         self.step = 0  # optimiser steps completed
         self.skipped = 0  # steps skipped for a non-finite loss (train.skip_nonfinite)
         self.stop_requested = self.save_due = False  # set by every step, the same on every rank
+        self.tb: TensorBoardLog | None = None  # train.tensorboard, on the main process, during fit()
         self.stats: StepStats | None = None  # the running epoch's sums (saved mid-epoch on a signal)
         self._signal: int | None = None
         self._saved_epoch = 0
@@ -224,6 +226,8 @@ class Trainer:
         x = x.to(self.device, non_blocking=True)
         g = step_generator(self.cfg.train.seed, self.step, self.env.rank, self.device)
         v1, v2 = (self._layout(v) for v in self.augment.views(x, g))
+        if self.tb is not None and self.step == 0:
+            self.tb.views(v1, v2)
         labels = y.to(self.device, non_blocking=True) if self.num_classes else None
         self.optimizer.zero_grad(set_to_none=True)
         if self._bn_saved:
@@ -358,11 +362,16 @@ class Trainer:
         handlers = {}
         if threading.current_thread() is threading.main_thread():
             handlers = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+        if self.cfg.train.tensorboard and self.env.is_main:
+            self.tb = TensorBoardLog(self.folder.path / "tb", self.cfg.train.tensorboard_every)
         try:
             return [self._epoch(epoch) for epoch in range(self.epoch, self.cfg.train.epochs)]
         finally:
             for sig, h in handlers.items():
                 signal.signal(sig, h)
+            if self.tb is not None:
+                self.tb.close()
+                self.tb = None
 
     def _on_signal(self, signum, frame) -> None:
         if self._signal == signal.SIGINT and signum == signal.SIGINT:
@@ -391,6 +400,8 @@ class Trainer:
             if len(self.train_set.bad) > known_bad:  # streamed files that broke during the epoch
                 known_bad = len(self.train_set.bad)
                 self.folder.write_bad_files(self.train_set.bad)
+            if self.tb is not None and self.tb.due(self.step):
+                self.tb.step(self.step, out)
             if bar is not None:  # figures every 10 steps (.item() waits for the device), or for a log line about to print
                 if self.step % 10 == 0 or getattr(bar, "prints_next", False):
                     bar.set_postfix(loss=f"{out['contrastive_loss'].item():.3f}", lr=f"{out['lr'].item():.3g}")
@@ -410,6 +421,10 @@ class Trainer:
             rec["knn_time"] = time.perf_counter() - k0
         self.folder.append_metrics(rec)
         self.log(_format(rec))
+        if self.tb is not None:
+            self.tb.epoch(rec)
+            if self.epoch == t.epochs:
+                self.tb.projector(self.model.encoder, self.train_set, self.cfg.data.image_size, self.device, self.epoch)
         if self.epoch % t.checkpoint_every == 0 or self.epoch == t.epochs:
             self.save()
         return rec
@@ -441,7 +456,7 @@ class Trainer:
 
 # Keys that may differ when a run is resumed: where it runs and how it reports, not what it computes.
 RESUMABLE_CHANGES = {
-    "train": {"epochs", "resume", "overwrite", "out", "device", "progress", "log_every", "threads", "keep_checkpoints", "checkpoint_every",
+    "train": {"epochs", "resume", "overwrite", "out", "device", "progress", "log_every", "tensorboard", "tensorboard_every", "threads", "keep_checkpoints", "checkpoint_every",
               "checkpoint_minutes", "dist_timeout", "compile"},
     "data": {"path", "data_dir", "val_path", "num_workers", "strict"},
     "monitor": {"knn_every", "knn_k", "knn_temperature", "knn_max_images"},
