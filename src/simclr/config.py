@@ -731,7 +731,12 @@ def load_config(path: str | Path, base=None, cls=Config):
 
 
 def save_config(cfg, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    """Write ``cfg`` as YAML, headed by a comment naming the simclr version that wrote it (a comment, so the file
+    still loads as a recipe with ``--config``)."""
+    from simclr import __version__
+
+    head = f"# written by simclr {__version__}\n"
+    Path(path).write_text(head + yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def apply_overrides(cfg, pairs: list[tuple[str, str]]):

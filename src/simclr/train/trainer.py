@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from simclr import __version__
 from simclr.checkpoint import CheckpointError, nonfinite_tensors
 from simclr.config import Config, ConfigError, as_saved, config_to_dict
 from simclr.data import Batches, ImageSet
@@ -287,6 +288,7 @@ class Trainer:
     def state_dict(self) -> dict:
         return {
             "format": "simclr-checkpoint-v1",
+            "simclr_version": __version__,
             "config": config_to_dict(self.cfg),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
