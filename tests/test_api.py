@@ -67,3 +67,17 @@ def test_the_version_is_reported_and_recorded_in_every_run(tmp_path, capsys):
     assert text.splitlines()[0] == f"# written by simclr {simclr.__version__}"
     assert load_config(run / "config.yaml").model.width == 0.0625  # still a recipe
     assert load_checkpoint(run)["simclr_version"] == simclr.__version__
+
+
+def test_the_studies_travel_with_the_package():
+    """A wheel holds simclr/study/configs/*.yaml (package data through a link to configs/studies), which is where
+    `simclr ablate NAME` looks when run outside the source tree (benchmarks/wheel_check.sh builds and installs one)."""
+    import tomllib
+
+    from simclr.study import spec
+
+    packaged = Path(spec.__file__).parent / "configs"
+    assert sorted(p.name for p in packaged.glob("*.yaml")) == sorted(p.name for p in (ROOT / "configs" / "studies").glob("*.yaml"))
+    assert packaged in spec.STUDY_DIRS
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert data["simclr.study"] == ["configs/*.yaml"]

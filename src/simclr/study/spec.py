@@ -19,8 +19,9 @@ from simclr.config import (
 
 __all__ = ["PERCENT", "PROBES", "STUDY_DIRS", "Setting", "Study", "find_study", "load_study"]
 
-# Where a study given by name is looked up: the working directory's configs/studies, then the project's.
-STUDY_DIRS = (Path("configs/studies"), Path(__file__).resolve().parents[3] / "configs" / "studies")
+# Where a study given by name is looked up: the working directory's configs/studies, then the package's own
+# (simclr/study/configs: a link to the project's configs/studies, copied into a wheel as package data).
+STUDY_DIRS = (Path("configs/studies"), Path(__file__).resolve().parent / "configs")
 _TOP = {"name", "title", "source", "minutes", "base", "settings", "pairs", "plot", "metric", "notes", "probes", "show"}
 # Evaluations beyond kNN and the L-BFGS probe on h that a study may ask for (``probes``), and the result
 # columns each adds (in percent in report.md and plot.png).
