@@ -205,7 +205,7 @@ def test_an_interrupted_evaluation_redoes_only_what_is_missing(tmp_path, data):
     orig = dict(runner.EVALUATIONS)
     try:
         for name, (fn, cols) in orig.items():
-            runner.EVALUATIONS[name] = (lambda run, common, fn=fn, name=name: (calls.append((run.name, name)), fn(run, common))[1], cols)
+            runner.EVALUATIONS[name] = (lambda ev, fn=fn, name=name: (calls.append((ev.run.name, name)), fn(ev))[1], cols)
 
         def no_training(cfg, log=print):
             raise AssertionError("a finished run was trained again")
@@ -276,3 +276,39 @@ def test_the_head_study_puts_the_papers_table3_beside_ours(tmp_path):
     text = write_report(study, rows, tmp_path, "simclr ablate head", "test machine", "2026-12-02").read_text()
     assert "| Rotation (0/90/180/270) | 25 |" in text and "| 67.6 | 25.6 |" in text and "table3: g(h)" in text
     assert "| none | 1 | 30.0 | 40.0 | 30.0 |" in text
+
+
+def test_a_studys_knn_and_probe_are_the_commands_and_read_the_data_once(tmp_path, study_file, data, monkeypatch):
+    """The study evaluates each run as `simclr knn` and `simclr linear --solver lbfgs` do (same numbers, same files),
+    loading the data once and extracting h once for both."""
+    import simclr.evaluate.features as features
+    import simclr.evaluate.inputs as inputs
+    from simclr.cli import main
+
+    study = load_study(str(study_file))
+    counts = {"prepare": 0, "extract": 0}
+    real_prepare, real_extract = inputs.prepare, features.extract_features
+
+    def counting_prepare(*a, **k):
+        counts["prepare"] += 1
+        return real_prepare(*a, **k)
+
+    def counting_extract(*a, **k):
+        counts["extract"] += 1
+        return real_extract(*a, **k)
+
+    monkeypatch.setattr(inputs, "prepare", counting_prepare)
+    monkeypatch.setattr(features, "extract_features", counting_extract)
+    rows = run_study(study, data, data, tmp_path / "s", log=lambda *_: None)
+    n = len(rows)
+    assert counts == {"prepare": n, "extract": 2 * n}  # train and test features, once per run
+    monkeypatch.undo()
+    run = tmp_path / "s" / "runs" / f"{rows[0]['setting']}-seed0"
+    saved = {f: json.loads((run / f).read_text()) for f in ("knn.json", "linear.json")}
+    for f in ("knn.json", "linear.json"):
+        (run / f).unlink()
+    assert main(["knn", "--checkpoint", str(run), "--train-data", data, "--test-data", data]) == 0
+    assert main(["linear", "--checkpoint", str(run), "--train-data", data, "--test-data", data, "--solver", "lbfgs"]) == 0
+    for f in ("knn.json", "linear.json"):
+        assert json.loads((run / f).read_text()) == saved[f], f
+    assert rows[0]["knn_top1"] == saved["knn.json"]["top1"] and rows[0]["linear_top1"] == saved["linear.json"]["top1"]

@@ -9,10 +9,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from simclr.config import KNN_K, KNN_TEMPERATURE
 from simclr.evaluate.features import extract_features
 from simclr.evaluate.inputs import prepare, write_result
 
-__all__ = ["knn_predict", "knn_accuracy", "topk_accuracy", "knn_evaluate"]
+__all__ = ["knn_predict", "knn_accuracy", "topk_accuracy", "knn_evaluate", "knn_result"]
 
 _EXP_SAFE = 80.0  # exp(x) stays finite in float32 up to about 88
 
@@ -97,8 +98,14 @@ def knn_evaluate(cfg, log=print) -> dict:
     bs = cfg.eval.batch_size
     ftr = extract_features(inp.encoder, inp.data, inp.image_size, inp.device, bs, crop_fraction=inp.crop_fraction)
     fte = extract_features(inp.encoder, inp.test, inp.image_size, inp.device, bs, crop_fraction=inp.crop_fraction)
-    res = knn_accuracy(ftr, inp.data.labels, fte, inp.test.labels, len(inp.data.classes), cfg.knn.k, cfg.knn.temperature)
-    res.update(k=cfg.knn.k, k_used=min(cfg.knn.k, len(inp.data)), temperature=cfg.knn.temperature, num_train=len(inp.data),
+    return knn_result(inp, ftr, fte, cfg.knn.k, cfg.knn.temperature)
+
+
+def knn_result(inp, ftr: torch.Tensor, fte: torch.Tensor, k: int = KNN_K, temperature: float = KNN_TEMPERATURE) -> dict:
+    """``simclr knn``'s result from the features of ``inp`` (``simclr.evaluate.inputs.EvalInputs``) already extracted,
+    ftr (N_train, D) and fte (N_test, D); written to knn.json in ``inp.out``."""
+    res = knn_accuracy(ftr, inp.data.labels, fte, inp.test.labels, len(inp.data.classes), k, temperature)
+    res.update(k=k, k_used=min(k, len(inp.data)), temperature=temperature, num_train=len(inp.data),
                num_test=len(inp.test), image_size=inp.image_size, encoder=inp.name)
     write_result(inp.out, "knn", res)
     return res

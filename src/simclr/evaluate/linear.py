@@ -30,7 +30,8 @@ from simclr.evaluate.logreg import fit_logistic
 from simclr.optim import scaled_lr, set_lr, warmup_cosine
 from simclr.runtime import seeded
 
-__all__ = ["crop_flip", "lbfgs_probe", "linear_eval_lbfgs", "linear_eval_sgd", "linear_evaluate", "stratified_split", "train_classifier"]
+__all__ = ["crop_flip", "lbfgs_on_features", "lbfgs_probe", "linear_eval_lbfgs", "linear_eval_sgd", "linear_evaluate", "linear_result",
+           "stratified_split", "train_classifier"]
 
 
 def crop_flip(image_size: int) -> SimCLRAugment:
@@ -205,16 +206,30 @@ def linear_eval_lbfgs(
     regularisation. ``grid_range`` is log10 of the L2 strength lambda (C = 1 / lambda); the paper
     searched 45 values in [1e-6, 1e5]. ``crop_fraction``: the centre view's (None: auto).
     The solver (``lbfgs_probe``) runs on ``device``."""
-    lambdas = np.logspace(grid_range[0], grid_range[1], num_grid)
-    split = None
-    if len(lambdas) > 1:  # a grid of one needs no validation split
-        split = stratified_split(train.labels, val_fraction, seed)
-        if len(split[1]) == 0:
-            raise DataError(f"the L-BFGS probe picks its L2 strength on a validation split, but no class of the "
-                            f"training data ({len(train)} images) has two images or more to split; give more images "
-                            f"per class, --linear.grid 1 (no search), or --solver sgd")
+    _lbfgs_split(train, num_grid, val_fraction, seed)  # a split that cannot be made fails before the extraction
     ftr = extract_features(encoder, train, image_size, device, batch_size, crop_fraction=crop_fraction)
     fte = extract_features(encoder, test, image_size, device, batch_size, crop_fraction=crop_fraction)
+    return lbfgs_on_features(ftr, train, fte, test, device, num_grid, grid_range, val_fraction, max_iter, seed, log)
+
+
+def _lbfgs_split(train, num_grid: int, val_fraction: float, seed: int):
+    if num_grid <= 1:  # a grid of one needs no validation split
+        return None
+    split = stratified_split(train.labels, val_fraction, seed)
+    if len(split[1]) == 0:
+        raise DataError(f"the L-BFGS probe picks its L2 strength on a validation split, but no class of the "
+                        f"training data ({len(train)} images) has two images or more to split; give more images "
+                        f"per class, --linear.grid 1 (no search), or --solver sgd")
+    return split
+
+
+def lbfgs_on_features(ftr: torch.Tensor, train, fte: torch.Tensor, test, device: torch.device, num_grid: int = 12,
+                      grid_range: tuple[float, float] = (-6.0, 5.0), val_fraction: float = 0.2, max_iter: int = 1000,
+                      seed: int = 0, log=print) -> dict:
+    """``linear_eval_lbfgs`` on features already extracted: ftr (N_train, D) of ``train``'s images, fte (N_test, D) of
+    ``test``'s (the sets give the labels and classes)."""
+    lambdas = np.logspace(grid_range[0], grid_range[1], num_grid)
+    split = _lbfgs_split(train, num_grid, val_fraction, seed)
     probe = lbfgs_probe(ftr, train.labels, fte, len(train.classes), lambdas, split, max_iter, device, log)
     res = topk_accuracy(probe["scores"], test.labels)
     res.update(solver="lbfgs", l2_lambda=probe["l2_lambda"], val_top1=probe["val_top1"],
@@ -276,7 +291,13 @@ def linear_evaluate(cfg, log=print) -> dict:
     else:
         res = linear_eval_sgd(net, inp.data, inp.test, inp.image_size, inp.device, epochs=lin.epochs,
                               batch_size=ev.batch_size, base_lr=lin.lr, seed=ev.seed, log=log, crop_fraction=inp.crop_fraction)
+    return linear_result(inp, res, lin.projection)
+
+
+def linear_result(inp, res: dict, projection: bool = False) -> dict:
+    """A probe's result ``res`` completed with what was probed (``inp``: ``simclr.evaluate.inputs.EvalInputs``) and
+    written to linear.json, or linear_z.json for the projection z (h's linear.json is kept)."""
     res.update(encoder=inp.name, image_size=inp.image_size, num_train=len(inp.data), num_test=len(inp.test),
-               features="z" if lin.projection else "h")
-    write_result(inp.out, "linear_z" if lin.projection else "linear", res)  # h's linear.json is kept
+               features="z" if projection else "h")
+    write_result(inp.out, "linear_z" if projection else "linear", res)
     return res

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from simclr.checkpoint import CheckpointError, atomic_write
-from simclr.config import Config, ConfigError, KnnConfig, LinearConfig, config_from_flat
+from simclr.config import Config, ConfigError, LinearConfig, config_from_flat
 from simclr.study.spec import PROBES, Setting, Study
 
 __all__ = ["RESULT", "run_config", "run_study"]
@@ -69,49 +69,82 @@ def _common(run: Path, train_data: str, test_data: str, overrides: dict[str, Any
     return common
 
 
-def _knn_linear(run: Path, common: dict[str, Any]) -> dict:
-    """Weighted kNN and the L-BFGS linear probe on h (every study)."""
-    from simclr.evaluate.knn import knn_evaluate
-    from simclr.evaluate.linear import linear_evaluate
+class _RunInputs:
+    """One run's evaluation inputs, loaded once for all its evaluations: the encoder and the data
+    (``simclr.evaluate.inputs.prepare``, results written into the run folder) and the centre-view features of h,
+    which the kNN and the linear probe both read."""
 
-    quiet = lambda *_: None
-    knn = knn_evaluate(config_from_flat(common, KnnConfig()), log=quiet)
-    lin = linear_evaluate(config_from_flat({**common, "linear.solver": "lbfgs"}, LinearConfig()), log=quiet)
+    def __init__(self, run: Path, common: dict[str, Any]):
+        self.run, self.cfg = run, config_from_flat(common, LinearConfig())
+        self._inp, self._h = None, None
+
+    @property
+    def inp(self):
+        if self._inp is None:
+            from simclr.evaluate.inputs import prepare
+
+            self._inp = prepare(self.cfg, labelled=True, with_test=True, out=lambda run: run)
+        return self._inp
+
+    def features(self, projection: bool = False) -> tuple:
+        """(train, test) features of h, or of z = g(h) with ``projection`` (not kept: one probe reads them)."""
+        from simclr.evaluate.features import extract_features
+
+        if not projection and self._h is not None:
+            return self._h
+        inp = self.inp
+        net = inp.network(projection)
+        feats = tuple(extract_features(net, ds, inp.image_size, inp.device, self.cfg.eval.batch_size, crop_fraction=inp.crop_fraction)
+                      for ds in (inp.data, inp.test))
+        if not projection:
+            self._h = feats
+        return feats
+
+
+_QUIET = lambda *_: None  # noqa: E731
+
+
+def _knn_linear(ev: _RunInputs) -> dict:
+    """Weighted kNN and the L-BFGS linear probe on h (every study), as ``simclr knn`` and ``simclr linear --solver
+    lbfgs`` compute them (knn.json and linear.json in the run folder), from one extraction."""
+    from simclr.evaluate.knn import knn_result
+    from simclr.evaluate.linear import lbfgs_on_features, linear_result
+
+    inp, (ftr, fte) = ev.inp, ev.features()
+    knn = knn_result(inp, ftr, fte)
+    lin = linear_result(inp, lbfgs_on_features(ftr, inp.data, fte, inp.test, inp.device, log=_QUIET))
     return {"knn_top1": knn["top1"], "knn_top5": knn["top5"], "linear_top1": lin["top1"], "linear_top5": lin["top5"]}
 
 
-def _linear_z(run: Path, common: dict[str, Any]) -> dict:
-    """The L-BFGS linear probe on z = g(h) (Figure 8)."""
-    from simclr.evaluate.linear import linear_evaluate
+def _linear_z(ev: _RunInputs) -> dict:
+    """The L-BFGS linear probe on z = g(h) (Figure 8), as ``simclr linear --projection`` (linear_z.json)."""
+    from simclr.evaluate.linear import lbfgs_on_features, linear_result
 
-    lin = linear_evaluate(config_from_flat({**common, "linear.solver": "lbfgs", "linear.projection": True}, LinearConfig()),
-                          log=lambda *_: None)
+    inp, (ftr, fte) = ev.inp, ev.features(projection=True)
+    lin = linear_result(inp, lbfgs_on_features(ftr, inp.data, fte, inp.test, inp.device, log=_QUIET), projection=True)
     return {"linear_z_top1": lin["top1"], "linear_z_top5": lin["top5"]}
 
 
-def _transforms(run: Path, common: dict[str, Any]) -> dict:
+def _transforms(ev: _RunInputs) -> dict:
     """Table 3: how well h and z = g(h) predict the transformation applied (simclr.evaluate.transform_probe)."""
     from simclr.config import as_saved, config_from_dict
-    from simclr.evaluate.inputs import prepare
     from simclr.evaluate.transform_probe import predict_transformations
 
-    inp = prepare(config_from_flat(common, LinearConfig()), with_test=True)
+    inp = ev.inp
     augment = config_from_dict({"augment": as_saved(inp.run.config)["augment"]}).augment
     res = predict_transformations(inp.encoder, inp.run.head.to(inp.device), inp.data, inp.test, inp.image_size, inp.device,
                                   augment)
-    _write_json(run / "transforms.json", res)
+    _write_json(ev.run / "transforms.json", res)
     return {f"tf_{task}_{rep}": r[rep] for task, r in res.items() for rep in ("h", "z")}
 
 
-def _hardness(run: Path, common: dict[str, Any]) -> dict:
+def _hardness(ev: _RunInputs) -> dict:
     """Where NT-Xent's gradient goes among the negatives, and the softmax entropy (simclr.evaluate.hardness);
     the whole curve is kept in the run folder (hardness.json) for the study's plot."""
     from simclr.evaluate.hardness import hardness_of_run
-    from simclr.evaluate.inputs import prepare
 
-    inp = prepare(config_from_flat(common, KnnConfig()))
-    res = hardness_of_run(run, inp.data, inp.device)
-    _write_json(run / "hardness.json", res)
+    res = hardness_of_run(ev.run, ev.inp.data, ev.inp.device)
+    _write_json(ev.run / "hardness.json", res)
     return {k: v for k, v in res.items() if k != "curve"}
 
 
@@ -175,10 +208,10 @@ def run_study(study: Study, train_data: str, test_data: str, out: str | Path, se
             _write_json(done, row)
         todo = [e for e in ("knn_linear", *study.probes) if any(c not in row for c in EVALUATIONS[e][1])]
         if todo:
-            common = _common(run, train_data, test_data, overrides)
+            ev = _RunInputs(run, _common(run, train_data, test_data, overrides))
             for e in todo:  # each saved as it finishes: an interruption loses at most the one under way
                 t1 = time.perf_counter()
-                row.update(EVALUATIONS[e][0](run, common))
+                row.update(EVALUATIONS[e][0](ev))
                 row["minutes"] = round(row.get("minutes", 0) + (time.perf_counter() - t1) / 60, 2)
                 _write_json(done, row)
             log(f"[{i}/{total}] {setting.name} seed {seed}: knn {row['knn_top1']:.4f}  linear {row['linear_top1']:.4f}  "
