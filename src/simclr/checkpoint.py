@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 __all__ = ["CheckpointError", "Pretrained", "atomic_write", "save_checkpoint", "load_checkpoint", "save_encoder", "load_encoder",
+           "encoder_metadata",
            "find_checkpoint", "load_run", "nonfinite_tensors"]
 
 
@@ -146,6 +147,13 @@ def save_encoder(encoder: torch.nn.Module, path: str | Path, metadata: dict[str,
     tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     meta = {"simclr": json.dumps(metadata or {}, sort_keys=True)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def encoder_metadata(encoder: torch.nn.Module, image_size: int, epoch: int, **extra) -> dict[str, str]:
+    """What a run's encoder.safetensors says of its network (``ResNet.arch_config``: arch, width, stem, stage-1
+    projection, SK ratio, TF padding, none of which the weights alone fully tell), its input size and epoch."""
+    meta = {**encoder.arch_config(), "image_size": image_size, "epoch": epoch, **extra}
+    return {k: str(v) for k, v in meta.items()}
 
 
 def load_encoder(path: str | Path) -> dict[str, torch.Tensor]:

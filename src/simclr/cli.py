@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--out", required=True, help="the run folder to write")
     o.add_argument("--image-size", type=int, default=None, help="training resolution (default 224, or 32 for a CIFAR-stem model)")
     o.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    o.add_argument("--ft-proj-selector", type=int, default=0, metavar="K",
+                   help="the supervised head reads the output of the first K projection-head layers (official "
+                        "--ft_proj_selector: 0 for pretrained models' linear-eval heads, 1 for SimCLRv2's fine-tuned models)")
     c = sub.add_parser("config", help="list a command's keys with their defaults, or print a recipe resolved on the defaults")
     c.add_argument("for_command", nargs="?", default="pretrain", choices=list(FLAGS), metavar="COMMAND",
                    help="pretrain (default), " + ", ".join(list(FLAGS)[1:]))
@@ -303,7 +306,10 @@ def _import_official(args) -> int:
 
     if args.image_size is not None and not 8 <= args.image_size <= 8192:
         raise UsageError(f"--image-size must be between 8 and 8192, got {args.image_size}")
-    import_official(args.ckpt, args.out, image_size=args.image_size, overwrite=args.overwrite)
+    if not 0 <= args.ft_proj_selector <= 16:
+        raise UsageError(f"--ft-proj-selector must be between 0 and 16, got {args.ft_proj_selector}")
+    import_official(args.ckpt, args.out, image_size=args.image_size, overwrite=args.overwrite,
+                    ft_proj_selector=args.ft_proj_selector)
     return 0
 
 

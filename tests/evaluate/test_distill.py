@@ -65,11 +65,13 @@ def test_the_teacher_sees_the_students_view_and_the_student_learns_it():
     student.register_forward_pre_hook(lambda m, a: seen["student"].append(a[0].clone()) if m.training else None)
     before = _agreement(student.eval(), teacher, test)
     seen["teacher"].clear()
+    frozen = {k: v.clone() for k, v in teacher.state_dict().items()}
     res = distill(teacher, student, data, test, 16, torch.device("cpu"), epochs=8, batch_size=32, base_lr=0.4, log=lambda *_: None)
     n = 8 * 2
     assert len(seen["student"]) == n and len(seen["teacher"]) >= n
     for a, b in zip(seen["student"], seen["teacher"][:n]):
         assert torch.equal(a, b)  # the same augmented views, not new draws
+    assert all(torch.equal(v, frozen[k]) for k, v in teacher.state_dict().items())  # not trained, BN statistics kept
     assert 0 <= res["top1"] <= 1 and res["teacher_top1"] == pytest.approx(_top1(teacher, test))
     assert _agreement(student.eval(), teacher, test) > before  # the student moved towards the teacher
 
@@ -127,15 +129,21 @@ def test_finetune_then_distill_from_the_command_line(tiny_run, tmp_path, capsys)
     (["--teacher", "FT", "--out", "FT"], "the teacher's folder"),
     (["--teacher", "FT", "--arch", "resnet19"], "did you mean"),
     (["--teacher", "FT", "--labels-weight", "1.5"], "labels_weight"),
-    (["--teacher", "FT", "--test-data", "synthetic:test", "--data.synthetic_test", "0"], ""),
+    (["--teacher", "FT", "--test-data", "synthetic:test", "--data.synthetic_test", "0"], "synthetic_test"),
+    (["--teacher", "FT/finetuned.safetensors", "--out", "FT"], "the teacher's folder"),
+    (["--teacher", "FT", "--out", "HELD"], "already holds a network"),
 ])
 def test_distill_misuse_is_one_line(tiny_run, tmp_path, capsys, extra, msg):
     ft = tmp_path / "FT"
-    if "FT" in extra:
+    if any(a.startswith("FT") for a in extra):
         ft.mkdir()
         save_finetuned(ft / FINETUNED, Classifier(resnet18(width=0.125, cifar_stem=True), 10).eval(),
                        [str(i) for i in range(10)], 16, None)
-    args = [str(ft) if a == "FT" else a for a in extra]
+    held = tmp_path / "HELD"
+    held.mkdir()
+    (held / FINETUNED).write_bytes(b"an earlier student")
+    args = [str(tmp_path / a) if a.split("/")[0] in ("FT", "HELD") else a for a in extra]
+    before = (ft / FINETUNED).read_bytes() if (ft / FINETUNED).exists() else None
     if "--out" not in args:
         args += ["--out", str(tmp_path / "st")]
     if "--test-data" not in args:
@@ -144,3 +152,6 @@ def test_distill_misuse_is_one_line(tiny_run, tmp_path, capsys, extra, msg):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and msg in err, err
     assert not (tmp_path / "st" / FINETUNED).exists()
+    assert (held / FINETUNED).read_bytes() == b"an earlier student"  # nothing overwritten
+    if before is not None:
+        assert (ft / FINETUNED).read_bytes() == before

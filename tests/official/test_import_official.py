@@ -27,15 +27,24 @@ def test_converted_runs_give_the_official_outputs(case, tmp_path, capsys):
     on the same images to 1e-4 (activations are of order 1: the fixtures' weights are random, BN statistics too)."""
     from simclr.checkpoint import load_checkpoint, load_run
 
+    from simclr.evaluate.finetune import load_finetuned
+
     flags = json.loads((FIXTURES / case / "flags.json").read_text())
-    assert main(["import-official", str(FIXTURES / case), "--out", str(tmp_path / "run")]) == 0
+    selector = flags["ft_proj_selector"]
+    assert main(["import-official", str(FIXTURES / case), "--out", str(tmp_path / "run"),
+                 "--ft-proj-selector", str(selector)]) == 0
     run = load_run(tmp_path / "run")
     x, ref = _official(case)
+    classifier, meta = load_finetuned(tmp_path / "run")
     with torch.no_grad():
         h = run.encoder(x)
         z = run.head(h)
+        logits = classifier(x)  # the whole network: encoder, the head layers the classifier reads, classifier
         online = load_checkpoint(tmp_path / "run")["model"]
-        logits = h @ online["online.weight"].T + online["online.bias"]
+        if selector == 0:  # a classifier on h is also the run's own linear classifier
+            torch.testing.assert_close(h @ online["online.weight"].T + online["online.bias"], logits, rtol=0, atol=1e-5)
+        else:
+            assert "online.weight" not in online
     for name, ours in (("h", h), ("z", z), ("logits", logits)):
         assert ours.shape == ref[name].shape, name
         torch.testing.assert_close(ours, ref[name], rtol=0, atol=1e-4, msg=name)
@@ -43,7 +52,23 @@ def test_converted_runs_give_the_official_outputs(case, tmp_path, capsys):
     assert run.meta["arch"] == f"resnet{flags['resnet_depth']}" and run.meta["width"] == flags["width_multiplier"]
     assert run.head.num_layers == flags["num_proj_layers"]
     assert run.image_size == (32 if case == "r18_cifar" else 224)
+    assert meta["head_layers"] == selector and meta["classes"][:2] == ["0", "1"]
     assert "imported resnet" in capsys.readouterr().out
+
+
+def test_a_fine_tuned_v2_checkpoint_needs_its_selector(tmp_path, capsys):
+    """r50_sk was fine-tuned from the head's first layer (official --ft_proj_selector=1): imported as if its classifier
+    read h, its logits are wrong, and the import says how to do it right; the selector must exist in the head."""
+    from simclr.evaluate.finetune import load_finetuned
+
+    assert main(["import-official", str(FIXTURES / "r50_sk"), "--out", str(tmp_path / "wrong")]) == 0
+    assert "--ft-proj-selector 1" in capsys.readouterr().out
+    x, ref = _official("r50_sk")
+    with torch.no_grad():
+        assert (load_finetuned(tmp_path / "wrong")[0](x) - ref["logits"]).abs().max() > 1e-2
+    assert main(["import-official", str(FIXTURES / "r18_sk"), "--out", str(tmp_path / "r"), "--ft-proj-selector", "2"]) == 2
+    assert "has 1 layer(s)" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_the_savedmodel_layout_gives_the_same_network():
@@ -103,6 +128,9 @@ def test_what_is_not_an_official_checkpoint_is_one_line(tmp_path, capsys):
     shutil.copytree(FIXTURES / "r18_sk", cut)
     data = cut / "ckpt-1.data-00000-of-00001"
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    assert main(["import-official", str(cut), *out]) == 2
+    assert "truncated" in _one_line(capsys)
+    data.write_bytes(b"")  # an interrupted download: an empty data file
     assert main(["import-official", str(cut), *out]) == 2
     assert "truncated" in _one_line(capsys)
     (cut / "ckpt-1.data-00000-of-00001").unlink()

@@ -64,3 +64,20 @@ def test_without_the_package_the_flag_is_one_line(tmp_path, capsys, monkeypatch)
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install 'simclr[tensorboard]'" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_unreadable_image_costs_the_projector_not_the_run(tmp_path, capsys):
+    """Streamed images (in_memory_max_side below their size), one of them truncated: training skips it, the final
+    checkpoint is written, and the projector that meets it again is left out with a warning."""
+    pytest.importorskip("tensorboard")
+    from conftest import write_folder
+
+    data = write_folder(tmp_path / "imgs", per_class=12, size=(16, 16))
+    bad = sorted(data.rglob("*.png"))[0]
+    bad.write_bytes(bad.read_bytes()[:-40])  # the header stays: it passes the scan, fails to decode
+    run = tmp_path / "run"
+    assert main(["pretrain", "--data", str(data), "--data.in_memory_max_side", "8", "--data.image_size", "16", "--arch",
+                 "resnet18", "--width", "0.0625", "--batch-size", "8", "--device", "cpu", "--epochs", "1",
+                 "--train.progress", "false", "--train.tensorboard", "true", "--out", str(run)]) == 0
+    assert (run / "checkpoint.pt").is_file() and (run / "encoder.safetensors").is_file()
+    assert "no embedding projector" in capsys.readouterr().err

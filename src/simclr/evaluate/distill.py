@@ -14,7 +14,6 @@ flip, the only augmentation, as in the paper), in eval mode. ``w`` (``distill.la
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from simclr.config import ConfigError, validate
 from simclr.data import DataError, load_dataset
 from simclr.data.errors import printable
 from simclr.evaluate.features import extract_features
-from simclr.evaluate.finetune import FINETUNED, Classifier, load_finetuned, save_finetuned
+from simclr.evaluate.finetune import FINETUNED, Classifier, load_finetuned, read_labels, save_finetuned
 from simclr.evaluate.inputs import check_output, write_result
 from simclr.evaluate.knn import topk_accuracy
 from simclr.evaluate.linear import train_classifier
@@ -55,14 +54,23 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
     return (1 - labels_weight) * soft + labels_weight * hard
 
 
+def _in_teacher_classes(ds, classes: list[str], spec: str):
+    """``ds`` with labels indexing the teacher's ``classes`` (by name); DataError for a class the teacher lacks."""
+    unknown = [c for c in ds.classes if c not in set(classes)]
+    if unknown:
+        raise DataError(f"{printable(spec)} has classes the teacher does not know: {', '.join(unknown[:5])}")
+    index = {c: i for i, c in enumerate(classes)}
+    return dataclasses.replace(ds, labels=torch.tensor([index[c] for c in ds.classes], dtype=torch.long)[ds.labels],
+                               classes=list(classes))
+
+
 def _labelled_mask(teacher_dir: Path, data, spec: str) -> torch.Tensor:
     """(N,) bool: the images of ``data`` listed in the teacher's finetune_labels.txt (matched by file name)."""
     path = teacher_dir / "finetune_labels.txt"
     if not path.is_file():
         raise ConfigError(f"distill.labels_weight > 0 uses the images the teacher was fine-tuned with, listed in {path}, "
                           "which is missing")
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-        listed = {row[0] for row in csv.reader(f, dialect="excel-tab") if row}
+    listed = {name for name, _ in read_labels(path)}
     names = data.names("train")
     mask = torch.tensor([n in listed for n in names], dtype=torch.bool)
     if not mask.any():
@@ -75,7 +83,11 @@ def distill(teacher: Classifier, student: Classifier, data, test, image_size: in
             batch_size: int, base_lr: float, temperature: float = 1.0, labels_weight: float = 0.0,
             labelled: torch.Tensor | None = None, seed: int = 0, crop_fraction: float | None = None, log=print) -> dict:
     """Train ``student`` on the teacher's predictions over ``data`` (crop + flip views); top-1/top-5 of the student
-    (and of the teacher, for comparison) on ``test``. SGD with Nesterov momentum, lr ``base_lr`` x B/256, cosine."""
+    (and of the teacher, for comparison) on ``test``. SGD with Nesterov momentum, lr ``base_lr`` x B/256, cosine.
+
+    teacher, student: images (B, 3, S, S) -> logits (B, C) over the same classes; data, test: ``ImageSet``s (test
+    labelled in the teacher's class order); labelled: (len(data),) bool, the images whose label the loss may use.
+    The teacher stays in eval mode and is not changed."""
     teacher = teacher.to(device).to(memory_format=torch.channels_last).eval()
     student = student.to(device).to(memory_format=torch.channels_last).train()
     bs = min(batch_size, len(data))
@@ -113,8 +125,13 @@ def distill_command(cfg, log=print) -> dict:
         raise ConfigError(f"the student trains BatchNorm layers on batch statistics and needs --batch-size 2 or more, got {ev.batch_size}")
     out = check_output(ev.out, "dir")
     teacher_dir = Path(d.teacher)
+    if teacher_dir.is_file():  # the network file itself: its folder holds the rest (finetune_labels.txt)
+        teacher_dir = teacher_dir.parent
     if out.resolve() == teacher_dir.resolve():
         raise ConfigError("--out is the teacher's folder; the student needs a folder of its own")
+    for name in (FINETUNED, "distill.json", "finetune.json"):
+        if (out / name).exists():
+            raise ConfigError(f"{printable(str(out))} already holds a network ({name}); choose another --out or remove it")
     teacher, meta = load_finetuned(teacher_dir)
     image_size = int(meta["image_size"])
     classes = list(meta["classes"])
@@ -126,18 +143,12 @@ def distill_command(cfg, log=print) -> dict:
     test = load_dataset(data_cfg.val_path, data_cfg)
     if not test.has_labels:
         raise DataError(f"{printable(data_cfg.val_path)} has no labels: the test data needs one subfolder per class")
-    unknown = [c for c in test.classes if c not in set(classes)]
-    if unknown:
-        raise DataError(f"{printable(data_cfg.val_path)} has classes the teacher does not know: {', '.join(unknown[:5])}")
-    index = {c: i for i, c in enumerate(classes)}
-    test = dataclasses.replace(test, labels=torch.tensor([index[c] for c in test.classes], dtype=torch.long)[test.labels],
-                               classes=classes)
+    test = _in_teacher_classes(test, classes, data_cfg.val_path)
     labelled = None
     if d.labels_weight > 0:
-        if not data.has_labels or [c for c in data.classes if c not in set(classes)]:
+        if not data.has_labels:
             raise DataError(f"distill.labels_weight > 0 needs {printable(data_cfg.path)} labelled with the teacher's classes")
-        data = dataclasses.replace(data, labels=torch.tensor([index[c] for c in data.classes], dtype=torch.long)[data.labels],
-                                   classes=classes)
+        data = _in_teacher_classes(data, classes, data_cfg.path)
         labelled = _labelled_mask(teacher_dir, data, data_cfg.path)
     enc = {**meta["encoder"], "arch": d.arch or meta["encoder"]["arch"], "width": d.width or meta["encoder"]["width"]}
     with seeded(ev.seed):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,10 @@ def export_encoder(encoder: nn.Module, fmt: str, out: str | Path, image_size: in
         if getattr(encoder, "stage1_projection", False) and "layer1.0.conv3.weight" not in encoder.state_dict():
             raise ConfigError("this encoder has the official stage-1 projection shortcut (model.stage1_projection), which "
                              "torchvision's resnet18/34 lack; export --format safetensors or onnx instead")
+        if getattr(encoder, "tf_padding", False):
+            print("notice: this encoder places its stem max-pool windows as TensorFlow does (model.tf_padding, the official "
+                  "checkpoints); torchvision's resnet pads symmetrically, so its h will differ slightly from this run's on "
+                  "even input sizes", file=sys.stderr)
         sd = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
         atomic_write(out, lambda tmp: torch.save(sd, tmp))
     elif fmt == "onnx":

@@ -23,8 +23,8 @@ from simclr.evaluate.linear import train_classifier
 from simclr.optim import scaled_lr
 from simclr.runtime import seeded
 
-__all__ = ["balanced_subset", "Classifier", "FINETUNED", "finetune", "finetune_evaluate", "load_finetuned", "save_finetuned",
-           "write_labels"]
+__all__ = ["balanced_subset", "Classifier", "FINETUNED", "finetune", "finetune_evaluate", "load_finetuned", "read_labels",
+           "save_finetuned", "write_labels"]
 
 FINETUNED = "finetuned.safetensors"  # the fine-tuned (or distilled) network in its output folder
 
@@ -68,12 +68,7 @@ class Classifier(nn.Module):
 
     def describe(self) -> dict:
         """What rebuilds this network (``load_finetuned``): the encoder's keys, the head's and the classes."""
-        head = None
-        if self.head is not None and self.head_layers:
-            first = self.head.layers[0][0]
-            head = {"num_layers": len(self.head.layers), "hidden_dim": first.out_features if len(self.head.layers) > 1 else None,
-                    "out_dim": self.head.out_dim, "bn": isinstance(self.head.layers[0][1], nn.BatchNorm1d)
-                    if len(self.head.layers[0]) > 1 else False}
+        head = self.head.config() if self.head is not None and self.head_layers else None
         return {"encoder": self.encoder.arch_config(), "head": head, "head_layers": self.head_layers if head else 0,
                 "num_classes": self.fc.out_features}
 
@@ -114,7 +109,7 @@ def load_finetuned(folder: str | Path) -> tuple[Classifier, dict]:
         head = None
         if meta.get("head"):
             h = meta["head"]
-            head = ProjectionHead(encoder.num_features, h["num_layers"], h["hidden_dim"], h["out_dim"], h["bn"])
+            head = ProjectionHead(encoder.num_features, **h)
         model = Classifier(encoder, int(meta["num_classes"]), head, int(meta.get("head_layers", 0)))
         model.load_state_dict(weights)
     except CheckpointError:
@@ -183,6 +178,14 @@ def write_labels(path: str | Path, rows: list[tuple[str, int]]) -> None:
             w.writerows(rows)
 
     atomic_write(path, write)
+
+
+def read_labels(path: str | Path) -> list[tuple[str, int]]:
+    """The ``(name, label)`` rows of a file ``write_labels`` wrote (names byte for byte, as written)."""
+    import csv
+
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        return [(row[0], int(row[1])) for row in csv.reader(f, dialect="excel-tab") if row]
 
 
 def finetune_evaluate(cfg, log=print) -> dict:

@@ -36,6 +36,7 @@ class ProjectionHead(nn.Module):
         super().__init__()
         if num_layers < 0:
             raise ValueError(f"num_layers must be >= 0, got {num_layers}")
+        self._config = {"num_layers": num_layers, "hidden_dim": hidden_dim, "out_dim": out_dim, "bn": bn}
         hidden_dim = hidden_dim or in_dim
         self.num_layers = num_layers
         self.out_dim = in_dim if num_layers == 0 else out_dim
@@ -52,6 +53,10 @@ class ProjectionHead(nn.Module):
             layers.append(nn.Sequential(*block))
             dim = nxt
         self.layers = nn.ModuleList(layers)
+
+    def config(self) -> dict:
+        """The keywords (besides ``in_dim``) that rebuild this head: the ``head.*`` keys."""
+        return dict(self._config)
 
     @classmethod
     def from_config(cls, in_dim: int, cfg) -> "ProjectionHead":

@@ -76,7 +76,8 @@ def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 class TFMaxPool2d(nn.Module):
     """Max-pool with TensorFlow's SAME padding (windows start at pixel 0 on even sizes), as the official
-    networks pool after their stem; torchvision's ``MaxPool2d(3, 2, padding=1)`` starts them at -1."""
+    networks pool after their stem; torchvision's ``MaxPool2d(3, 2, padding=1)`` starts them at -1.
+    (B, C, H, W) -> (B, C, ceil(H / stride), ceil(W / stride))."""
 
     def __init__(self, kernel_size: int = 3, stride: int = 2):
         super().__init__()
@@ -95,6 +96,7 @@ class TFAvgPool2d(nn.Module):
     Stride 2: one zero row and column padded at the end, then every window divided by 4 (TF's
     ``FixedPadding(2)`` + VALID pooling). Stride 1 (stage 1): SAME padding, where TensorFlow averages only
     the pixels inside the image, so the last row and column are divided by 2 (the corner by 1).
+    (B, C, H, W) -> (B, C, ceil(H / stride), ceil(W / stride)).
     """
 
     def __init__(self, stride: int):
@@ -210,7 +212,8 @@ class ResNet(nn.Module):
             ResNet-18/34 (bottleneck stage 1 widens, so it has one anyway); torchvision's layout is without.
         sk_ratio: > 0 gives SimCLRv2's selective-kernel network (0.0625 in the official models): SK 3x3
             convolutions in bottlenecks, the three-conv stem (unless ``cifar_stem``) and average-pool
-            (ResNet-D) projection shortcuts, all as the official tf2/resnet.py.
+            (ResNet-D) projection shortcuts, as the official tf2/resnet.py (whose ResNet-18/34 also have the
+            stage-1 projection: ``stage1_projection``).
         tf_padding: the stem's max-pool windows placed as TensorFlow's SAME padding places them (needed to
             reproduce the official checkpoints' outputs); torchvision's symmetric padding otherwise.
     """
@@ -359,9 +362,10 @@ def resnet_from_state_dict(state_dict: dict[str, torch.Tensor], tf_padding: bool
     width = sd["layer1.0.conv1.weight"].shape[1] / 64
     sk_ratio = 0.0
     if "layer4.0.conv2.fc1.weight" in sd:
-        # mid = max(int(planes * ratio), 32): every ratio with mid 32 at stage 4 builds the same network
+        # mid = max(int(planes * ratio), 32) per stage, widest at stage 4: above 32 it gives the ratio; at 32 any
+        # ratio with int(planes * ratio) <= 32 builds the same network (the official 0.0625 where it fits)
         mid, planes = sd["layer4.0.conv2.fc1.weight"].shape[0], sd["layer4.0.conv1.weight"].shape[0]
-        sk_ratio = mid / planes if mid > 32 else 0.0625
+        sk_ratio = mid / planes if mid > 32 else min(0.0625, 32 / planes)
     resnet_d = any(k.startswith("layer2.0.downsample.2.") for k in sd)
     stem = sd["conv1.weight"] if "conv1.weight" in sd else None
     model = build_encoder(name, width=width, cifar_stem=stem is not None and stem.shape[-1] == 3,

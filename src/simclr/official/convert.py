@@ -112,7 +112,7 @@ class OfficialModel:
 def _model_variables(path: str | Path) -> dict[str, np.ndarray]:
     """The model's variables by their path in the model (``resnet_model/...``, ``_projection_head/...``,
     ``supervised_head/...``), whatever object the checkpoint was saved from."""
-    raw = read_tf_checkpoint(path)
+    raw = read_tf_checkpoint(path, keep=lambda k: ".OPTIMIZER_SLOT" not in k and not k.startswith("optimizer/"))
     paths = object_paths(path)  # checkpoint key -> every path of the object graph that reaches it
     out = {}
     for key, value in raw.items():
@@ -135,6 +135,15 @@ def _model_variables(path: str | Path) -> dict[str, np.ndarray]:
 def official_state_dicts(path: str | Path) -> OfficialModel:
     """Read an official checkpoint (see ``simclr.official.checkpoint_prefix`` for what ``path`` may be) and
     return its encoder, projection head and supervised head with this package's names."""
+    try:
+        return _state_dicts(path)
+    except (KeyError, ValueError, IndexError) as e:  # a layer missing a variable, a layer list with odd names
+        if isinstance(e, TFCheckpointError):
+            raise
+        raise TFCheckpointError(f"{path}: not the official network's layout ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _state_dicts(path: str | Path) -> OfficialModel:
     units = _Units(_model_variables(path))
     enc: dict[str, torch.Tensor] = {}
     stem = units.ops("resnet_model/initial_conv_relu_max_pool")
@@ -194,15 +203,21 @@ def official_state_dicts(path: str | Path) -> OfficialModel:
 
 
 def import_official(path: str | Path, out: str | Path, image_size: int | None = None, overwrite: bool = False,
-                    log=print) -> Path:
+                    ft_proj_selector: int = 0, log=print) -> Path:
     """``simclr import-official``: convert an official checkpoint into the run folder ``out`` (checkpoint.pt,
     encoder.safetensors, config.yaml) that every command taking ``--checkpoint RUN`` accepts.
 
     The encoder keeps the official network exactly (``model.tf_padding``; ResNet-18/34 with the stage-1
     projection; SK when present); the projection head is kept when the checkpoint has one (else
-    ``head.num_layers 0``); the supervised head becomes the run's linear classifier on h (``online``).
+    ``head.num_layers 0``). The supervised head reads the output of the head's first ``ft_proj_selector`` layers,
+    as the official ``--ft_proj_selector`` made it (0: h, the linear-eval heads of pretrained models; 1: SimCLRv2's
+    fine-tuned models); the whole classifier is saved as finetuned.safetensors (a teacher for ``simclr distill``,
+    classes named by their index), and one on h also as the run's linear classifier (``online``).
     ``image_size``: the resolution the model was trained at (default 224, or 32 for a CIFAR-stem model).
     """
+    from simclr.evaluate.finetune import FINETUNED, Classifier, save_finetuned
+    from simclr import __version__
+    from simclr.checkpoint import encoder_metadata
     from simclr.config import Config, config_to_dict, validate
     from simclr.model.head import ProjectionHead
     from simclr.model.resnet import resnet_from_state_dict
@@ -216,9 +231,8 @@ def import_official(path: str | Path, out: str | Path, image_size: int | None = 
                                 f"{str(e).splitlines()[0]}") from None
     cfg = Config()
     m = cfg.model
-    m.arch = encoder.arch
-    m.width, m.cifar_stem, m.stage1_projection = encoder.width, encoder.cifar_stem, encoder.stage1_projection
-    m.sk_ratio, m.tf_padding = encoder.sk_ratio, True
+    for k, v in encoder.arch_config().items():  # the network found, with TensorFlow's padding
+        setattr(m, k, v)
     head_dims = [parts.head[f"layers.{j}.0.weight"].shape for j in range(parts.head_layers)]
     cfg.head.num_layers = parts.head_layers
     if head_dims:
@@ -233,26 +247,42 @@ def import_official(path: str | Path, out: str | Path, image_size: int | None = 
     validate(cfg)
     weights = {**{f"encoder.{k}": v for k, v in encoder.state_dict().items()},
                **{f"head.{k}": v for k, v in head.state_dict().items()}}
-    num_classes = 0
+    num_classes, classifier = 0, None
+    if not 0 <= ft_proj_selector <= parts.head_layers:
+        raise TFCheckpointError(f"--ft-proj-selector {ft_proj_selector}: the checkpoint's projection head has "
+                                f"{parts.head_layers} layer(s)")
     if parts.classifier is not None:
-        if parts.classifier["weight"].shape[1] != encoder.num_features:
-            raise TFCheckpointError(f"{path}: the supervised head takes {parts.classifier['weight'].shape[1]} features, "
-                                    f"the ResNet gives {encoder.num_features}")
-        weights.update({f"online.{k}": v for k, v in parts.classifier.items()})
         num_classes = int(parts.classifier["weight"].shape[0])
-    state = {"format": "simclr-checkpoint-v1", "config": config_to_dict(cfg), "model": weights, "epoch": 0, "step": 0,
+        classifier = Classifier(encoder, num_classes, head if ft_proj_selector else None, ft_proj_selector)
+        if parts.classifier["weight"].shape[1] != classifier.fc.in_features:
+            raise TFCheckpointError(f"{path}: the supervised head takes {parts.classifier['weight'].shape[1]} features, "
+                                    f"the output of {ft_proj_selector} head layer(s) has {classifier.fc.in_features}")
+        classifier.fc.load_state_dict(parts.classifier)
+        if ft_proj_selector:
+            num_classes = 0  # the run's own classifier (online) reads h; this one does not
+        else:
+            weights.update({f"online.{k}": v for k, v in parts.classifier.items()})
+    state = {"format": "simclr-checkpoint-v1", "simclr_version": __version__, "config": config_to_dict(cfg), "model": weights,
+             "epoch": 0, "step": 0,
              "num_classes": num_classes, "imported": f"google-research/simclr checkpoint {Path(path).resolve()}"}
     folder = RunFolder(out)
     folder.acquire(resume=False, overwrite=overwrite)
     try:
         folder.start(cfg, 0)
-        meta = {"arch": m.arch, "width": str(m.width), "cifar_stem": str(m.cifar_stem), "sk_ratio": str(m.sk_ratio),
-                "image_size": str(cfg.data.image_size), "epoch": "0", "imported": "google-research/simclr"}
-        folder.save(state, encoder, meta)
+        folder.save(state, encoder, encoder_metadata(encoder, cfg.data.image_size, 0, imported="google-research/simclr"))
+        if classifier is not None:
+            save_finetuned(Path(out) / FINETUNED, classifier.eval(), [str(i) for i in range(classifier.fc.out_features)],
+                           cfg.data.image_size, None, {"imported": "google-research/simclr", "ft_proj_selector": ft_proj_selector})
     finally:
         folder.release()
     n = sum(p.numel() for p in encoder.parameters())
+    sup = "no supervised head"
+    if classifier is not None:
+        sup = f"{classifier.fc.out_features}-class supervised head on {'h' if not ft_proj_selector else f'head layer {ft_proj_selector}'}"
     log(f"imported {m.arch} width {m.width:g}{' SK' if m.sk_ratio else ''} ({n / 1e6:.1f}M parameters), "
-        f"{cfg.head.num_layers}-layer projection head, "
-        f"{f'{num_classes}-class supervised head' if num_classes else 'no supervised head'} into {out}")
+        f"{cfg.head.num_layers}-layer projection head, {sup} into {out}")
+    if classifier is not None and parts.head_layers and not ft_proj_selector:
+        log("note: the supervised head was taken to classify h (official --ft_proj_selector=0, the pretrained models' "
+            "linear-eval head); SimCLRv2's fine-tuned models classify the first head layer's output: import those with "
+            "--ft-proj-selector 1")
     return Path(out)

@@ -151,9 +151,12 @@ def _entry_location(prefix: Path, f: dict, num_shards: int) -> tuple[np.memmap, 
     data = Path(f"{prefix}.data-{shard:05d}-of-{num_shards:05d}")
     if not data.is_file():
         raise TFCheckpointError(f"{data.name} is missing beside {prefix.name}.index")
-    raw = np.memmap(data, dtype=np.uint8, mode="r")
-    if offset + size > raw.shape[0]:
-        raise TFCheckpointError(f"{data.name} is shorter than its index says (truncated download?)")
+    try:
+        if offset + size > data.stat().st_size:
+            raise TFCheckpointError(f"{data.name} is shorter than its index says (truncated download?)")
+        raw = np.memmap(data, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+    except OSError as e:
+        raise TFCheckpointError(f"cannot read {data}: {e.strerror or e}") from None
     return raw, offset, size
 
 
@@ -162,7 +165,7 @@ _ALIASES = {"variables", "trainable_variables", "non_trainable_variables", "weig
             "non_trainable_weights", "keras_api", "_self_tracked_trackables"}
 
 
-def object_paths(path: str | Path, per_object: int = 4) -> dict[str, list[str]]:
+def object_paths(path: str | Path, per_object: int = 16) -> dict[str, list[str]]:
     """For an object-based checkpoint (tf.train.Checkpoint, SavedModel variables): each variable's checkpoint key
     -> the paths of attribute names that reach it from the saved root (at most ``per_object``, shortest first),
     not going through Keras' alias lists (``variables``, ``keras_api``, ...).
@@ -172,7 +175,7 @@ def object_paths(path: str | Path, per_object: int = 4) -> dict[str, list[str]]:
     Name-based (TF1) checkpoints have no object graph: {}.
     """
     prefix = checkpoint_prefix(path)
-    entries = _index(prefix)
+    entries = _read_index(prefix)
     header = dict(_fields(entries.get(b"", b"")))
     value = entries.get(b"_CHECKPOINTABLE_OBJECT_GRAPH")
     if value is None:
@@ -208,15 +211,20 @@ def object_paths(path: str | Path, per_object: int = 4) -> dict[str, list[str]]:
     return {key: paths[i] for i, node in enumerate(nodes) for key in node["keys"]}
 
 
-def read_tf_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
+def _read_index(prefix: Path) -> dict[bytes, bytes]:
+    try:
+        return _index(prefix)
+    except OSError as e:
+        raise TFCheckpointError(f"cannot read {prefix}.index: {e.strerror or e}") from None
+
+
+def read_tf_checkpoint(path: str | Path, keep=None) -> dict[str, np.ndarray]:
     """Every numeric tensor of the checkpoint that ``path`` names (see ``checkpoint_prefix``), by its name in the
     checkpoint (for object-based checkpoints, e.g. ``model/resnet_model/.../kernel/.ATTRIBUTES/VARIABLE_VALUE``).
-    String tensors (the object graph, the checkpoint's own bookkeeping) are left out."""
+    String tensors (the object graph, the checkpoint's own bookkeeping) are left out, and so is every name for
+    which ``keep(name)`` (when given) is false: optimizer slots of a training checkpoint need not be read."""
     prefix = checkpoint_prefix(path)
-    try:
-        entries = _index(prefix)
-    except OSError as e:
-        raise TFCheckpointError(f"cannot read {prefix}.index: {e.strerror}") from None
+    entries = _read_index(prefix)
     header = dict(_fields(entries.pop(b"", b"")))
     num_shards = int(header.get(1, 1))
     if header.get(2, 0) != 0:
@@ -228,6 +236,8 @@ def read_tf_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
         if dtype == _DT_STRING:
             continue
         name = key.decode("utf-8", "replace")
+        if keep is not None and not keep(name):
+            continue
         if 7 in f:
             raise TFCheckpointError(f"{prefix}: {name} is partitioned into slices, which this reader does not support")
         if dtype not in _DTYPES:
@@ -237,6 +247,7 @@ def read_tf_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
         itemsize = np.dtype(_DTYPES[dtype]).itemsize
         if size != int(np.prod(shape, dtype=np.int64)) * itemsize:
             raise TFCheckpointError(f"{prefix}: {name} does not fit its data file (truncated download?)")
-        out[name] = np.frombuffer(raw[offset:offset + size].tobytes(), dtype=np.dtype(_DTYPES[dtype]).newbyteorder("<")) \
-            .reshape(shape).astype(_DTYPES[dtype])
+        little = np.dtype(_DTYPES[dtype]).newbyteorder("<")
+        out[name] = np.frombuffer(raw, dtype=little, count=size // itemsize, offset=offset).reshape(shape) \
+            .astype(_DTYPES[dtype], copy=True)  # a copy: the file's pages are not kept mapped
     return out

@@ -11,6 +11,7 @@ run; this is a view of it. ``tensorboard`` is an optional extra, needed only whe
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -42,12 +43,13 @@ def pairs_grid(v1: torch.Tensor, v2: torch.Tensor, pad: int = 2) -> torch.Tensor
 class TensorBoardLog:
     """A SummaryWriter on RUN/tb with the run's logging rules (see the module docstring)."""
 
-    def __init__(self, folder: str | Path, every: int, projector_images: int = 256):
+    def __init__(self, folder: str | Path, every: int, projector_images: int = 256, start_step: int = 0):
         require_tensorboard()
         from torch.utils.tensorboard import SummaryWriter
 
         self.path = Path(folder)
-        self.writer = SummaryWriter(str(self.path))
+        # a resumed run drops what an earlier, interrupted writer logged past the checkpoint it continues from
+        self.writer = SummaryWriter(str(self.path), purge_step=start_step or None)
         self.every, self.projector_images = every, projector_images
 
     def due(self, step: int) -> bool:
@@ -81,15 +83,20 @@ class TensorBoardLog:
         from simclr.data.augment import center_resize
         from simclr.evaluate.features import extract_features
 
+        from simclr.data.errors import DataError
+
         n = min(self.projector_images, len(train))
         idx = torch.arange(n)
         was = encoder.training
         encoder.eval()
         try:
             h = extract_features(encoder, train, image_size, device, 64, indices=idx).float().cpu()
+            thumbs = center_resize(train.get(idx), min(image_size, 32))  # float in [0, 1]
+        except DataError as e:  # a streamed file that broke: the run is saved; only the projector is left out
+            print(f"warning: no embedding projector in {self.path}: {str(e).splitlines()[0][:300]}", file=sys.stderr)
+            return
         finally:
             encoder.train(was)
-        thumbs = center_resize(train.get(idx), min(image_size, 32))  # float in [0, 1]
         labels = None
         if train.has_labels:
             labels = [train.classes[int(y)] for y in train.labels[:n]]

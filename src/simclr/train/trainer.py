@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from simclr import __version__
-from simclr.checkpoint import CheckpointError, nonfinite_tensors
+from simclr.checkpoint import CheckpointError, encoder_metadata, nonfinite_tensors
 from simclr.config import Config, ConfigError, as_saved, config_to_dict
 from simclr.data import Batches, ImageSet
 from simclr.data.crop import ViewCropper
@@ -341,9 +341,7 @@ class Trainer:
             raise NonFiniteLoss(f"{len(bad)} tensor(s) became non-finite (e.g. {bad[0]}) by step {self.step}; stopped, and "
                                 f"the last good checkpoint (epoch {self._saved_epoch}) is kept. Lower optim.base_lr or use "
                                 "train.precision fp32")
-        m = self.cfg.model
-        meta = {"arch": m.arch, "width": str(m.width), "cifar_stem": str(m.cifar_stem), "sk_ratio": str(m.sk_ratio),
-                "image_size": str(self.cfg.data.image_size), "epoch": str(self.epoch)}
+        meta = encoder_metadata(self.model.encoder, self.cfg.data.image_size, self.epoch)
         self.folder.save(state, self.model.encoder, meta, self.cfg.train.keep_checkpoints, epoch_end)
         self._saved_epoch, self._saved_at = self.epoch, time.monotonic()
 
@@ -365,7 +363,7 @@ class Trainer:
         if threading.current_thread() is threading.main_thread():
             handlers = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         if self.cfg.train.tensorboard and self.env.is_main:
-            self.tb = TensorBoardLog(self.folder.path / "tb", self.cfg.train.tensorboard_every)
+            self.tb = TensorBoardLog(self.folder.path / "tb", self.cfg.train.tensorboard_every, start_step=self.step)
         try:
             return [self._epoch(epoch) for epoch in range(self.epoch, self.cfg.train.epochs)]
         finally:
@@ -423,12 +421,12 @@ class Trainer:
             rec["knn_time"] = time.perf_counter() - k0
         self.folder.append_metrics(rec)
         self.log(_format(rec))
-        if self.tb is not None:
+        if self.epoch % t.checkpoint_every == 0 or self.epoch == t.epochs:
+            self.save()
+        if self.tb is not None:  # after the checkpoint: TensorBoard never stands between a run and its weights
             self.tb.epoch(rec)
             if self.epoch == t.epochs:
                 self.tb.projector(self.model.encoder, self.train_set, self.cfg.data.image_size, self.device, self.epoch)
-        if self.epoch % t.checkpoint_every == 0 or self.epoch == t.epochs:
-            self.save()
         return rec
 
     def _epoch_record(self, epoch: int, steps: int, elapsed: float) -> dict:
