@@ -304,8 +304,8 @@ def _ablate(args, rest: list[str], argv: list[str]) -> int:
 def _import_official(args) -> int:
     from simclr.official import import_official
 
-    if args.image_size is not None and not 8 <= args.image_size <= 8192:
-        raise UsageError(f"--image-size must be between 8 and 8192, got {args.image_size}")
+    if args.image_size is not None and not 8 <= args.image_size <= 4096:
+        raise UsageError(f"--image-size must be between 8 and 4096, got {args.image_size}")
     if not 0 <= args.ft_proj_selector <= 16:
         raise UsageError(f"--ft-proj-selector must be between 0 and 16, got {args.ft_proj_selector}")
     import_official(args.ckpt, args.out, image_size=args.image_size, overwrite=args.overwrite,

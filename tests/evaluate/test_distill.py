@@ -155,3 +155,26 @@ def test_distill_misuse_is_one_line(tiny_run, tmp_path, capsys, extra, msg):
     assert (held / FINETUNED).read_bytes() == b"an earlier student"  # nothing overwritten
     if before is not None:
         assert (ft / FINETUNED).read_bytes() == before
+
+
+@pytest.mark.parametrize("change", [{"image_size": None}, {"classes": 5}, {"image_size": "abc"}, {"image_size": -5},
+                                    {"classes": [str(i) for i in range(12)]}, {"crop_fraction": 7}])
+def test_a_teacher_with_odd_metadata_is_refused_in_one_line(tmp_path, capsys, change):
+    import json as js
+
+    from safetensors.torch import load_file, save_file
+
+    ft = tmp_path / "ft"
+    ft.mkdir()
+    save_finetuned(ft / FINETUNED, Classifier(resnet18(width=0.125, cifar_stem=True), 10).eval(), [str(i) for i in range(10)], 16, None)
+    from safetensors import safe_open
+
+    with safe_open(str(ft / FINETUNED), framework="pt") as f:
+        meta = js.loads(f.metadata()["simclr"])
+    meta.update(change)
+    meta = {k: v for k, v in meta.items() if v is not None}
+    save_file(load_file(str(ft / FINETUNED)), str(ft / FINETUNED), metadata={"simclr": js.dumps(meta)})
+    code = main(["distill", "--teacher", str(ft), "--data", "synthetic", *SYN, "--test-data", "synthetic:test", "--epochs", "1",
+                 "--out", str(tmp_path / "st")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "is not a network saved by simclr finetune/distill" in err, err

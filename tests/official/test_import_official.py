@@ -139,6 +139,35 @@ def test_what_is_not_an_official_checkpoint_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+def test_damaged_bytes_are_caught_by_the_checksums(tmp_path, capsys):
+    """One flipped byte anywhere, in a tensor or in the index, stops the import in one line (never wrong weights)."""
+    out = ["--out", str(tmp_path / "run")]
+    for name, at in (("ckpt-1.data-00000-of-00001", 400_000), ("ckpt-1.index", 68), ("ckpt-1.index", 3268)):
+        bad = tmp_path / f"bad-{at}"
+        shutil.copytree(FIXTURES / "r18_sk", bad)
+        raw = bytearray((bad / name).read_bytes())
+        raw[at] ^= 0x04
+        (bad / name).write_bytes(bytes(raw))
+        assert main(["import-official", str(bad), *out]) == 2, (name, at)
+        assert "checksum" in _one_line(capsys), (name, at)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_output_folder_is_checked_first(tmp_path, capsys, monkeypatch):
+    ck = tmp_path / "ck"
+    shutil.copytree(FIXTURES / "r18_sk", ck)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text("mine\n")
+    assert main(["import-official", str(ck), "--out", "", "--overwrite"]) == 2  # not the working directory
+    assert "--out is empty" in _one_line(capsys)
+    assert main(["import-official", str(ck), "--out", str(ck)]) == 2
+    assert "checkpoint's own folder" in _one_line(capsys)
+    assert (tmp_path / "config.yaml").read_text() == "mine\n" and not (ck / "config.yaml").exists()
+    (ck / "checkpoint").write_text('model_checkpoint_path: "ckpt-99"\n')
+    assert main(["import-official", str(ck), "--out", str(tmp_path / "run")]) == 2
+    assert "ckpt-99" in _one_line(capsys)
+
+
 def test_a_checkpoint_with_variables_the_network_lacks_is_refused(tmp_path, monkeypatch):
     """Every model variable must land somewhere: an extra layer (say, a squeeze-excitation unit this package does
     not build) is an error, not silently dropped."""

@@ -112,6 +112,14 @@ def load_finetuned(folder: str | Path) -> tuple[Classifier, dict]:
             head = ProjectionHead(encoder.num_features, **h)
         model = Classifier(encoder, int(meta["num_classes"]), head, int(meta.get("head_layers", 0)))
         model.load_state_dict(weights)
+        size, classes, crop = meta["image_size"], meta["classes"], meta.get("crop_fraction")
+        if not (isinstance(size, int) and 8 <= size <= 4096):
+            raise ValueError(f"image_size {size!r}")
+        if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes) and len(classes) == model.fc.out_features):
+            raise ValueError(f"{len(classes) if isinstance(classes, list) else classes!r} class names for "
+                             f"{model.fc.out_features} outputs")
+        if crop is not None and not (isinstance(crop, (int, float)) and 0 < crop <= 1):
+            raise ValueError(f"crop_fraction {crop!r}")
     except CheckpointError:
         raise
     except Exception as e:  # a damaged or foreign file: safetensors, JSON, key or shape errors
@@ -199,6 +207,10 @@ def finetune_evaluate(cfg, log=print) -> dict:
         return run / f"finetune-{ft.label_fraction:g}" if run else Path(f"runs/finetune-random-{ft.label_fraction:g}")
 
     validate(cfg)  # bad values are reported before the batch rule below
+    if ev.out:  # the outputs must be files where they exist: found now, not after the training
+        for name in (FINETUNED, "finetune.json", "finetune_labels.txt"):
+            if (Path(ev.out) / name).is_dir():
+                raise ConfigError(f"{Path(ev.out) / name} is a folder where finetune writes a file; choose another --out")
     if ev.batch_size < 2:
         raise ConfigError(f"fine-tuning trains BatchNorm layers on batch statistics and needs --batch-size 2 or more, "
                           f"got {ev.batch_size}")

@@ -137,7 +137,7 @@ def official_state_dicts(path: str | Path) -> OfficialModel:
     return its encoder, projection head and supervised head with this package's names."""
     try:
         return _state_dicts(path)
-    except (KeyError, ValueError, IndexError) as e:  # a layer missing a variable, a layer list with odd names
+    except (KeyError, ValueError, IndexError, TypeError) as e:  # a layer missing a variable, a list with odd names
         if isinstance(e, TFCheckpointError):
             raise
         raise TFCheckpointError(f"{path}: not the official network's layout ({type(e).__name__}: {str(e)[:200]})") from None
@@ -223,7 +223,18 @@ def import_official(path: str | Path, out: str | Path, image_size: int | None = 
     from simclr.model.resnet import resnet_from_state_dict
     from simclr.train.run_folder import RunFolder
 
+    from simclr.checkpoint import nonfinite_tensors
+    from simclr.official.tf_checkpoint import checkpoint_prefix
+
+    if not str(out).strip():
+        raise TFCheckpointError("--out is empty; give the folder for the run")
+    prefix = checkpoint_prefix(path)
+    if Path(out).resolve() in (prefix.parent.resolve(), prefix.parent.parent.resolve(), Path(path).resolve()):
+        raise TFCheckpointError(f"--out {out} is the checkpoint's own folder; give the run a folder of its own")
     parts = official_state_dicts(path)
+    bad = nonfinite_tensors({**parts.encoder, **parts.head, **(parts.classifier or {})})
+    if bad:
+        raise TFCheckpointError(f"{path} holds non-finite weights ({bad[0]}); it cannot be converted")
     try:
         encoder = resnet_from_state_dict(parts.encoder, tf_padding=True)
     except (ValueError, RuntimeError, KeyError) as e:

@@ -53,6 +53,8 @@ def checkpoint_prefix(path: str | Path) -> Path:
                     # a folder copied from elsewhere keeps the absolute path of its old place
                     if Path(str(p / Path(name).name) + ".index").is_file():
                         return p / Path(name).name
+                    raise TFCheckpointError(f"{state} names the checkpoint {name!r}, whose .index is not in {path}; "
+                                            "give the prefix of the one to convert (e.g. DIR/ckpt-N)")
         found = sorted(p.glob("*.index"), key=lambda f: f.stat().st_mtime)
         if found:
             return found[-1].with_suffix("")
@@ -101,12 +103,23 @@ def _fields(buf: bytes) -> list[tuple[int, int | bytes]]:
     return out
 
 
+def _masked_crc(data) -> int:
+    """TensorFlow's masked CRC32C (tensorflow/core/lib/hash/crc32c.h): rotated right by 15 bits, plus a constant."""
+    import google_crc32c
+
+    crc = google_crc32c.value(bytes(data))
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
 def _block(data: bytes, handle: bytes | memoryview, what: str) -> bytes:
     offset, pos = _varint(handle, 0)
     size, _ = _varint(handle, pos)
     if offset + size + 5 > len(data):
         raise TFCheckpointError(f"the index is truncated (its {what} lies past the end of the file)")
     kind = data[offset + size]
+    # the trailer's checksum covers the block and its type byte: a damaged index stops here, not as wrong weights
+    if _masked_crc(data[offset:offset + size + 1]) != int.from_bytes(data[offset + size + 1:offset + size + 5], "little"):
+        raise TFCheckpointError(f"the index's {what} at byte {offset} fails its checksum (a damaged or partial file)")
     if kind != 0:
         raise TFCheckpointError(f"the index's {what} is compressed (type {kind}), which this reader does not support")
     return data[offset:offset + size]
@@ -216,6 +229,8 @@ def _read_index(prefix: Path) -> dict[bytes, bytes]:
         return _index(prefix)
     except OSError as e:
         raise TFCheckpointError(f"cannot read {prefix}.index: {e.strerror or e}") from None
+    except TFCheckpointError as e:
+        raise TFCheckpointError(f"{prefix}.index: {e}") from None
 
 
 def read_tf_checkpoint(path: str | Path, keep=None) -> dict[str, np.ndarray]:
@@ -247,6 +262,8 @@ def read_tf_checkpoint(path: str | Path, keep=None) -> dict[str, np.ndarray]:
         itemsize = np.dtype(_DTYPES[dtype]).itemsize
         if size != int(np.prod(shape, dtype=np.int64)) * itemsize:
             raise TFCheckpointError(f"{prefix}: {name} does not fit its data file (truncated download?)")
+        if 6 in f and _masked_crc(raw[offset:offset + size]) != int(f[6]):
+            raise TFCheckpointError(f"{prefix}: {name} fails its checksum (a damaged data file; download it again)")
         little = np.dtype(_DTYPES[dtype]).newbyteorder("<")
         out[name] = np.frombuffer(raw, dtype=little, count=size // itemsize, offset=offset).reshape(shape) \
             .astype(_DTYPES[dtype], copy=True)  # a copy: the file's pages are not kept mapped

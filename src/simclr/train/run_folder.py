@@ -44,7 +44,8 @@ __all__ = ["RunFolder", "RunFolderError", "RUN_FILES"]
 # What a run writes; --overwrite removes exactly these (other files in the folder are the user's).
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "encoder.safetensors", "bad_files.txt", "checkpoints",
              "knn.json", "linear.json", "linear_z.json", "transforms.json", "hardness.json", "study_result.json",
-             "demo.json", "metrics.png", "views.png", "tb", "finetuned.safetensors")
+             "demo.json", "metrics.png", "views.png", "tb", "finetuned.safetensors", "finetune.json", "finetune_labels.txt",
+             "distill.json")
 RUN_DIRS = ("checkpoints", "tb")  # the run's folders among RUN_FILES
 
 
