@@ -29,9 +29,12 @@ class EpochProgress:
         return bool(self.every) and (self.n + 1) % self.every == 0 and self.n + 1 < self.total
 
     def set_postfix(self, **kw) -> None:
+        """The figures the next line shows (``loss="5.123"``), as tqdm's method of the same name."""
         self.postfix = {k: str(v) for k, v in kw.items()}
 
     def update(self, k: int = 1) -> None:
+        """``k`` more steps done; prints a line when the count reaches a multiple of ``every`` (not the epoch's last
+        step: the trainer's epoch line follows it)."""
         self.n += k
         if self.every and self.n % self.every == 0 and self.n < self.total:
             rate = (self.n - self.start_n) / max(time.perf_counter() - self.start, 1e-9)
@@ -39,7 +42,7 @@ class EpochProgress:
             print(f"{self.desc}  step {self.n}/{self.total}{extra}  {rate:.2f} steps/s", file=self.stream, flush=True)
 
     def close(self) -> None:
-        pass
+        """Nothing to clear: plain lines stay (tqdm's bar is removed on close)."""
 
 
 def epoch_progress(total: int, done: int, desc: str, enabled: bool, every: int):
