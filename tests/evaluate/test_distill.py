@@ -178,3 +178,13 @@ def test_a_teacher_with_odd_metadata_is_refused_in_one_line(tmp_path, capsys, ch
                  "--out", str(tmp_path / "st")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "is not a network saved by simclr finetune/distill" in err, err
+
+
+def test_finetune_finds_a_blocked_output_before_training(tiny_run, tmp_path, capsys):
+    out = tmp_path / "ft"
+    (out / FINETUNED).mkdir(parents=True)
+    assert main(["finetune", "--checkpoint", str(tiny_run), "--train-data", "synthetic", "--test-data", "synthetic:test", *SYN,
+                 "--epochs", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a folder where finetune writes a file" in err
+    assert sorted(p.name for p in out.iterdir()) == [FINETUNED]  # nothing written

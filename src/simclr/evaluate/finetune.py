@@ -207,14 +207,13 @@ def finetune_evaluate(cfg, log=print) -> dict:
         return run / f"finetune-{ft.label_fraction:g}" if run else Path(f"runs/finetune-random-{ft.label_fraction:g}")
 
     validate(cfg)  # bad values are reported before the batch rule below
-    if ev.out:  # the outputs must be files where they exist: found now, not after the training
-        for name in (FINETUNED, "finetune.json", "finetune_labels.txt"):
-            if (Path(ev.out) / name).is_dir():
-                raise ConfigError(f"{Path(ev.out) / name} is a folder where finetune writes a file; choose another --out")
     if ev.batch_size < 2:
         raise ConfigError(f"fine-tuning trains BatchNorm layers on batch statistics and needs --batch-size 2 or more, "
                           f"got {ev.batch_size}")
-    inp = prepare(cfg, labelled=True, with_test=True, out=output, log=log)
+    inp = prepare(cfg, labelled=True, with_test=True, out=output, log=log)  # checks the output folder first
+    for name in (FINETUNED, "finetune.json", "finetune_labels.txt"):  # found now, not after the training
+        if (inp.out / name).is_dir():
+            raise ConfigError(f"{inp.out / name} is a folder where finetune writes a file; choose another --out")
     head = None
     if ft.from_head_layer:
         head = inp.run.head
