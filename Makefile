@@ -18,8 +18,12 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
+# The suite runs in JOBS worker processes of one thread each (tests/conftest.py): its tests are small tensors and
+# subprocesses, which one thread runs about as fast as two, so two workers use both cores of a 2-core machine.
+JOBS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -n $(JOBS)
 
 demo: $(STAMP)
 	$(VENV)/bin/simclr demo --out runs/demo

@@ -7,6 +7,14 @@ import pytest
 # subprocesses included, so that its figures do not depend on the processor CI happens to run on.
 os.environ["SIMCLR_CPU_BF16"] = "0"
 
+# Under pytest-xdist (make test: -n 2) each worker gets one thread, and so do the subprocesses it starts: two
+# workers of two threads each would fight over the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 CIFAR_JPEG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg"
 
 
