@@ -50,6 +50,15 @@ class EvalInputs:
     def name(self) -> str:
         return str(self.run.path.parent if self.run else "random-init")
 
+    def features(self, net: torch.nn.Module | None = None, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """Centre-view features of the training and test sets, (N_train, D) and (N_test, D), through ``net``
+        (default: the encoder, so h)."""
+        from simclr.evaluate.features import extract_features
+
+        net = net if net is not None else self.encoder
+        return tuple(extract_features(net, ds, self.image_size, self.device, batch_size, crop_fraction=self.crop_fraction)
+                     for ds in (self.data, self.test))
+
     def network(self, projection: bool = False) -> torch.nn.Module:
         """What the command reads features from: the encoder (h), or with ``projection`` the encoder followed by
         the run's projection head (z = g(h), eval mode, on ``device``; ``num_features`` is the size of z)."""

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from simclr.config import KNN_K, KNN_TEMPERATURE
-from simclr.evaluate.features import extract_features
 from simclr.evaluate.inputs import prepare, write_result
 
 __all__ = ["knn_predict", "knn_accuracy", "topk_accuracy", "knn_evaluate", "knn_result"]
@@ -95,9 +94,7 @@ def knn_evaluate(cfg, log=print) -> dict:
     into the run folder when evaluating a checkpoint (checked before any work). A k larger than the
     training set uses every training image (``k_used``)."""
     inp = prepare(cfg, labelled=True, with_test=True, out=lambda run: cfg.eval.out or run, log=log)
-    bs = cfg.eval.batch_size
-    ftr = extract_features(inp.encoder, inp.data, inp.image_size, inp.device, bs, crop_fraction=inp.crop_fraction)
-    fte = extract_features(inp.encoder, inp.test, inp.image_size, inp.device, bs, crop_fraction=inp.crop_fraction)
+    ftr, fte = inp.features(batch_size=cfg.eval.batch_size)
     return knn_result(inp, ftr, fte, cfg.knn.k, cfg.knn.temperature)
 
 

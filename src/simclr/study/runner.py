@@ -88,14 +88,9 @@ class _RunInputs:
 
     def features(self, projection: bool = False) -> tuple:
         """(train, test) features of h, or of z = g(h) with ``projection`` (not kept: one probe reads them)."""
-        from simclr.evaluate.features import extract_features
-
         if not projection and self._h is not None:
             return self._h
-        inp = self.inp
-        net = inp.network(projection)
-        feats = tuple(extract_features(net, ds, inp.image_size, inp.device, self.cfg.eval.batch_size, crop_fraction=inp.crop_fraction)
-                      for ds in (inp.data, inp.test))
+        feats = self.inp.features(self.inp.network(projection), self.cfg.eval.batch_size)
         if not projection:
             self._h = feats
         return feats
