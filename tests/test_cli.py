@@ -267,3 +267,34 @@ def test_a_selective_kernel_run_is_rebuilt_by_every_command(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(out), "--format", "torchvision", "--out", str(tmp_path / "tv.pt")]) == 2
     assert "selective-kernel" in capsys.readouterr().err
     assert main(["export", "--checkpoint", str(out), "--format", "safetensors", "--out", str(tmp_path / "e.safetensors")]) == 0
+
+
+def test_argument_errors_answer_without_loading_torch():
+    """A mistyped command, key or value, a missing recipe and --help are answered before torch is imported (a second
+    saved on every typo), with the same one-line error and status 2; a user error raised after torch loaded (here a
+    missing run folder) is still one line."""
+    code = """if True:
+        import contextlib, io, sys
+        from simclr.cli import main
+        for argv in (["frobnicate"], ["pretrain", "--data", "synthetic", "--epochs", "abc"],
+                     ["pretrain", "--data", "synthetic", "--loss.temprature", "0.1"], ["pretrain", "--config", "no.yaml"]):
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                try:
+                    rc = main(argv)
+                except SystemExit as e:
+                    rc = e.code
+            assert rc == 2 and len(err.getvalue().strip().splitlines()) == 1, (argv, rc, err.getvalue())
+        with contextlib.redirect_stdout(io.StringIO()):
+            try:
+                main(["pretrain", "--help"])
+            except SystemExit as e:
+                assert e.code == 0
+        assert "torch" not in sys.modules, "torch was imported"
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            rc = main(["knn", "--checkpoint", "no/such/run", "--train-data", "synthetic", "--test-data", "synthetic:test"])
+        assert rc == 2 and "torch" in sys.modules and len(err.getvalue().strip().splitlines()) == 1, err.getvalue()
+    """
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr

@@ -178,11 +178,7 @@ def _version() -> str:
 
 def _command_config(command: str, args: argparse.Namespace, rest: list[str]):
     """The command's typed config: defaults <- --config FILE <- short flags <- --section.key VALUE."""
-    from simclr.config import (
-        apply_overrides,
-        config_from_flat,
-        load_config,
-    )
+    from simclr.config import apply_overrides, config_from_flat, load_config
 
     cls = _configs()[command]
     cfg = load_config(args.config, cls=cls) if args.config else cls()
@@ -333,12 +329,21 @@ def _config(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from simclr.checkpoint import CheckpointError
-    from simclr.config import ConfigError
-    from simclr.data import DataError
-    from simclr.train import Interrupted
+def _loaded(module: str, name: str) -> tuple[type, ...]:
+    """``(module.name,)`` if the module is already imported, else ``()``: an exception class whose module was never
+    imported cannot have been raised, and importing one here would load torch into a command that failed on its
+    arguments (``simclr --help``, a mistyped key or value answers without it)."""
+    m = sys.modules.get(module)
+    return (getattr(m, name),) if m is not None else ()
 
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that are the user's to fix: one line on stderr, status 2."""
+    return (UsageError, FloatingPointError, *_loaded("simclr.config", "ConfigError"),
+            *_loaded("simclr.data.errors", "DataError"), *_loaded("simclr.checkpoint", "CheckpointError"))
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     args, rest = parser.parse_known_args(argv)
@@ -352,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "import-official":
             return _import_official(args)
         return _demo(args) if args.command == "demo" else _config(args)
-    except (ConfigError, DataError, CheckpointError, UsageError, FloatingPointError) as e:
+    except _user_errors() as e:  # an except clause's tuple is evaluated only when an exception arrives
         print(f"simclr {args.command}: error: {' '.join(str(e).split())[:2000]}", file=sys.stderr)
         return 2
     except RuntimeError as e:
@@ -368,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         where = f" {os.fsdecode(e.filename)!r}" if e.filename else ""
         print(f"simclr {args.command}: error: {e.strerror or type(e).__name__}{where}", file=sys.stderr)
         return 2
-    except Interrupted as e:
+    except _loaded("simclr.train.trainer", "Interrupted") as e:
         print(f"simclr {args.command}: {e}", file=sys.stderr)
         return 128 + int(e.signum)
     except KeyboardInterrupt:
