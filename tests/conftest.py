@@ -83,3 +83,9 @@ def tiny_config(out, **keys):
             "train.out": str(out), "monitor.knn_every": 0}
     flat.update({k.replace("__", "."): v for k, v in keys.items()})
     return config_from_flat(flat, Config())
+
+
+def pytest_collection_modifyitems(config, items):
+    """The long (``slow``) tests first, in their usual order, then the rest: under ``-n 2`` a half-minute test that
+    starts last keeps one worker busy while the other idles, and the suite waits for it."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -23,6 +23,7 @@ def test_import_simclr_loads_no_torch():
     assert r.stdout.strip() == "False", r.stderr
 
 
+@pytest.mark.slow
 def test_own_loop_example_trains_on_a_folder(tmp_path):
     """examples/own_loop.py, 20 steps on the synthetic set written as PNG files: the loss goes down."""
     from PIL import Image

@@ -84,6 +84,7 @@ def test_the_savedmodel_layout_gives_the_same_network():
     assert any(k.startswith("trainable_variables_list/") for k in raw)  # so the mapping really was needed
 
 
+@pytest.mark.slow
 def test_an_imported_run_works_with_the_evaluation_commands(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["import-official", str(FIXTURES / "r18_cifar" / "ckpt-1"), "--out", str(run)]) == 0
