@@ -37,8 +37,11 @@ def test_finetune_cli(tiny_run, tmp_path, capsys):
     assert main(["finetune", "--checkpoint", str(tiny_run), "--train-data", "synthetic", "--test-data", "synthetic:test", "--data.synthetic_train", "400", "--data.synthetic_test", "200",
                  "--label-fraction", "0.5", "--epochs", "1", "--batch-size", "16", "--from-head-layer", "1", "--out", str(out),
                  "--json"]) == 0
-    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    printed = capsys.readouterr().out
+    res = json.loads(printed.strip().splitlines()[-1])
     assert 0 <= res["top1"] <= res["top5"] <= 1 and res["from_head_layer"] == 1
+    # 201 labelled images (half of every class, rounded) in batches of 16 for 1 epoch: 12 steps, which finetune calls few
+    assert "finetune: 12 steps in all (201 labelled images in batches of 16, 1 epochs) are few" in printed
     chosen = (out / "finetune_labels.txt").read_text().splitlines()
     assert len(chosen) == res["num_labelled"] and chosen[0].startswith("train#")
     assert (out / "finetune.json").is_file()
@@ -54,3 +57,14 @@ def test_finetune_cli(tiny_run, tmp_path, capsys):
 def test_finetune_misuse(tiny_run, extra, msg, capsys):
     assert main(["finetune", "--checkpoint", str(tiny_run), "--train-data", "synthetic", "--test-data", "synthetic:test", "--data.synthetic_train", "400", "--data.synthetic_test", "200", *extra]) == 2
     assert msg in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("few,said", [(12, False), (13, True)])
+def test_few_steps_are_pointed_out_below_the_threshold(tiny_run, tmp_path, capsys, monkeypatch, few, said):
+    from simclr.evaluate import finetune as ft
+
+    monkeypatch.setattr(ft, "FEW_STEPS", few)
+    assert main(["finetune", "--checkpoint", str(tiny_run), "--train-data", "synthetic", "--test-data", "synthetic:test",
+                 "--data.synthetic_train", "400", "--data.synthetic_test", "200", "--label-fraction", "0.5", "--epochs", "1",
+                 "--batch-size", "16", "--out", str(tmp_path / "ft")]) == 0
+    assert ("steps in all" in capsys.readouterr().out) is said

@@ -27,6 +27,10 @@ __all__ = ["balanced_subset", "Classifier", "FINETUNED", "finetune", "finetune_e
            "save_finetuned", "write_labels"]
 
 FINETUNED = "finetuned.safetensors"  # the fine-tuned (or distilled) network in its output folder
+# The paper's schedules (30-60 epochs at batch 4096) are hundreds of steps on ImageNet's 1% and 10%; on a small
+# labelled set the same epochs at batch 256 are a few dozen. On the CIFAR-10 subset's 1,000 labels, 120 steps gave
+# 27.6% and 900 gave 47.1% (docs/benchmarks.md): below this many steps finetune says so.
+FEW_STEPS = 500
 
 
 def balanced_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
@@ -156,6 +160,10 @@ def finetune(
                           f"got {bs} (--batch-size {batch_size}, {n} labelled images)")
     model = model.to(device).to(memory_format=torch.channels_last)
     lr = scaled_lr(base_lr, bs, "linear")
+    steps = epochs * max(1, n // bs)
+    if steps < FEW_STEPS:
+        log(f"finetune: {steps} steps in all ({n} labelled images in batches of {bs}, {epochs} epochs) are few; a smaller "
+            f"--batch-size or more --epochs usually fine-tunes better (docs/benchmarks.md, SimCLRv2 section)")
     model.train()
     train_classifier(model, list(model.parameters()), data, image_size, device, epochs, bs, lr, seed, log, "finetune")
     model.eval()
