@@ -937,6 +937,9 @@ def _cross_checks(cfg) -> list[str]:
             errs.append("--data is required")
         if not cfg.views.out:
             errs.append("--out is required (a folder for views.png and views.npy)")
+    if isinstance(cfg, (FinetuneConfig, DistillConfig)) and cfg.eval.batch_size < 2:
+        errs.append(f"{'fine-tuning' if isinstance(cfg, FinetuneConfig) else 'the student'} trains BatchNorm layers on batch "
+                    f"statistics and needs --batch-size 2 or more, got {cfg.eval.batch_size}")
     if isinstance(cfg, FinetuneConfig) and cfg.finetune.from_head_layer and not cfg.encoder.checkpoint:
         errs.append("--from-head-layer needs --checkpoint (a random head has nothing to offer)")
     return errs

@@ -121,8 +121,6 @@ def distill_command(cfg, log=print) -> dict:
         raise ConfigError("distill needs --teacher, the output folder of simclr finetune (it holds finetuned.safetensors)")
     if not ev.out:
         raise ConfigError("distill needs --out, the folder for the student")
-    if ev.batch_size < 2:
-        raise ConfigError(f"the student trains BatchNorm layers on batch statistics and needs --batch-size 2 or more, got {ev.batch_size}")
     out = check_output(ev.out, "dir")
     teacher_dir = Path(d.teacher)
     if teacher_dir.is_file():  # the network file itself: its folder holds the rest (finetune_labels.txt)

@@ -214,10 +214,7 @@ def finetune_evaluate(cfg, log=print) -> dict:
             return Path(ev.out)
         return run / f"finetune-{ft.label_fraction:g}" if run else Path(f"runs/finetune-random-{ft.label_fraction:g}")
 
-    validate(cfg)  # bad values are reported before the batch rule below
-    if ev.batch_size < 2:
-        raise ConfigError(f"fine-tuning trains BatchNorm layers on batch statistics and needs --batch-size 2 or more, "
-                          f"got {ev.batch_size}")
+    validate(cfg)
     inp = prepare(cfg, labelled=True, with_test=True, out=output, log=log)  # checks the output folder first
     for name in (FINETUNED, "finetune.json", "finetune_labels.txt"):  # found now, not after the training
         if (inp.out / name).is_dir():
