@@ -503,3 +503,22 @@ def test_a_first_release_run_resumes_only_with_its_own_conventions(tmp_path, cap
     assert main(["pretrain", *TINY, "--epochs", "2", "--out", str(run), "--resume"]) == 2
     assert "augment.convention was 'torchvision', this command has 'official'" in _one_line_error(capsys)
     assert main(["pretrain", *TINY, "--epochs", "2", "--out", str(run), "--resume", *old]) == 0
+
+
+def test_a_command_that_fails_before_writing_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    """The folder is taken before the data is read; when the data then fails (here fewer images than a batch), the
+    folders pretrain created for the run are removed again, while a folder that already existed is kept as it was."""
+    monkeypatch.chdir(tmp_path)
+    few = [*TINY, "--data.synthetic_train", "8"]  # 8 images, batches of 16
+    assert main(["pretrain", *few]) == 2  # the default --out runs/simclr, relative to the working folder
+    assert "fewer than one batch" in _one_line_error(capsys)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()
+    assert main(["pretrain", *few, "--out", str(tmp_path / "mine" / "a" / "b")]) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"] and list((tmp_path / "mine").iterdir()) == []
+    (tmp_path / "mine" / "run").mkdir()  # the user's own empty folder: used, and kept
+    assert main(["pretrain", *few, "--out", str(tmp_path / "mine" / "run")]) == 2
+    assert (tmp_path / "mine" / "run").is_dir()
+    # a folder that receives the run's files is of course kept
+    assert main(["pretrain", *TINY, "--epochs", "1", "--out", str(tmp_path / "new" / "run")]) == 0
+    assert (tmp_path / "new" / "run" / "checkpoint.pt").is_file()

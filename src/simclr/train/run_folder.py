@@ -64,6 +64,7 @@ class RunFolder:
         self.path = Path(path)
         self.is_main = is_main
         self._lock_fd: int | None = None
+        self._made: list[Path] = []  # the folders acquire created, deepest first
 
     @property
     def checkpoint(self) -> Path:
@@ -86,6 +87,7 @@ class RunFolder:
             return resume and (os.path.lexists(self.checkpoint) or bool(self._kept()))
         if self.path.resolve() == Path(self.path.resolve().anchor):
             raise RunFolderError(f"refusing to use the filesystem root {self.path} as a run folder; choose a folder for the run")
+        self._made = [p for p in (self.path, *self.path.parents) if not os.path.lexists(p)]
         self._check_writable()
         self._lock()
         try:
@@ -117,7 +119,19 @@ class RunFolder:
             raise
 
     def release(self) -> None:
-        if self._lock_fd is not None:
+        """Drop the lock. A folder this process created that still holds only the lock (the command failed before
+        writing anything: unreadable data, too few images for a batch) is removed with the folders made for it, so
+        that a failed command leaves nothing behind."""
+        if self._lock_fd is None:
+            return
+        try:
+            if self._made and [p.name for p in self.path.iterdir()] == [".lock"]:
+                (self.path / ".lock").unlink()  # while still locked: no other process can be using the folder
+                for folder in self._made:
+                    folder.rmdir()  # fails (and stops) at a folder someone else has since put something in
+        except OSError:
+            pass
+        finally:
             os.close(self._lock_fd)  # closing the descriptor drops the POSIX lock
             self._lock_fd = None
 
