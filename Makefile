@@ -20,11 +20,11 @@ venv: $(STAMP)
 
 # The suite runs in JOBS worker processes of one thread each (tests/conftest.py): its tests are small tensors and
 # subprocesses, which one thread runs about as fast as two, so two workers use both cores of a 2-core machine.
-# The long tests go first (tests/conftest.py) and an idle worker takes queued tests from the other (worksteal).
+# The long tests go first (tests/conftest.py); xdist's default scheduling deals the first tests out in turn.
 JOBS ?= 2
 
 test: $(STAMP)
-	$(PY) -m pytest tests -n $(JOBS) --dist worksteal
+	$(PY) -m pytest tests -n $(JOBS)
 
 demo: $(STAMP)
 	$(VENV)/bin/simclr demo --out runs/demo

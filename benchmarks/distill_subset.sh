@@ -6,6 +6,7 @@
 #   as wide. Prints one JSON line per step. About 20 minutes on 2 CPU cores with AMX, 40 without.
 # The teacher fine-tunes in batches of 64 for 60 epochs (FT_ARGS): 1,000 labelled images make 4 steps an epoch at the
 # default batch of 256, and the paper's 30 epochs of those (120 steps) leave the classifier far from trained.
+# FT_ARGS= (empty) fine-tunes with the defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUB=${SUBSET_DIR:-.cache/cifar10-subset}
@@ -13,7 +14,7 @@ RUN=${RUN:-runs/cifar10-subset}
 OUT=${OUT:-runs/distill-subset}
 BIN=${BIN:-.venv/bin}
 EPOCHS=${EPOCHS:-30}
-read -r -a FT <<< "${FT_ARGS:---batch-size 64 --epochs 60}"
+read -r -a FT <<< "${FT_ARGS---batch-size 64 --epochs 60}"
 [ -f "$RUN/checkpoint.pt" ] || bash benchmarks/cifar10_subset.sh
 rm -rf "$OUT" && mkdir -p "$OUT"
 common=(--test-data "$SUB/test" --device cpu --json)

@@ -333,8 +333,8 @@ def _loaded(module: str, name: str) -> tuple[type, ...]:
     """``(module.name,)`` if the module is already imported, else ``()``: an exception class whose module was never
     imported cannot have been raised, and importing one here would load torch into a command that failed on its
     arguments (``simclr --help``, a mistyped key or value answers without it)."""
-    m = sys.modules.get(module)
-    return (getattr(m, name),) if m is not None else ()
+    cls = getattr(sys.modules.get(module), name, None)  # None too for a module still being imported
+    return (cls,) if cls is not None else ()
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

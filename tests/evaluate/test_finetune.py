@@ -41,7 +41,7 @@ def test_finetune_cli(tiny_run, tmp_path, capsys):
     res = json.loads(printed.strip().splitlines()[-1])
     assert 0 <= res["top1"] <= res["top5"] <= 1 and res["from_head_layer"] == 1
     # 201 labelled images (half of every class, rounded) in batches of 16 for 1 epoch: 12 steps, which finetune calls few
-    assert "finetune: 12 steps in all (201 labelled images in batches of 16, 1 epochs) are few" in printed
+    assert "finetune: 12 steps in all (201 labelled images in batches of 16, 1 epoch(s)) are few" in printed
     chosen = (out / "finetune_labels.txt").read_text().splitlines()
     assert len(chosen) == res["num_labelled"] and chosen[0].startswith("train#")
     assert (out / "finetune.json").is_file()

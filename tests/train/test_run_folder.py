@@ -516,6 +516,9 @@ def test_a_command_that_fails_before_writing_leaves_no_folder(tmp_path, capsys, 
     (tmp_path / "mine").mkdir()
     assert main(["pretrain", *few, "--out", str(tmp_path / "mine" / "a" / "b")]) == 2
     assert [p.name for p in tmp_path.iterdir()] == ["mine"] and list((tmp_path / "mine").iterdir()) == []
+    # a path through "..": the user's folder it names is not one pretrain made, whatever the spelling
+    assert main(["pretrain", *few, "--out", str(tmp_path / "new" / ".." / "mine" / "c")]) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"] and list((tmp_path / "mine").iterdir()) == []
     (tmp_path / "mine" / "run").mkdir()  # the user's own empty folder: used, and kept
     assert main(["pretrain", *few, "--out", str(tmp_path / "mine" / "run")]) == 2
     assert (tmp_path / "mine" / "run").is_dir()

@@ -91,7 +91,7 @@ def distill(teacher: Classifier, student: Classifier, data, test, image_size: in
     teacher = teacher.to(device).to(memory_format=torch.channels_last).eval()
     student = student.to(device).to(memory_format=torch.channels_last).train()
     bs = min(batch_size, len(data))
-    if bs < 2:
+    if bs < 2:  # the command's config refuses --batch-size 1 up front; this is the batch cut to the images
         raise ConfigError(f"the student trains BatchNorm layers on batch statistics and needs batches of at least 2 images, got {bs}")
     labels = data.labels if labels_weight > 0 else None
 

@@ -19,7 +19,7 @@ from simclr.config import ConfigError, validate
 from simclr.evaluate.features import extract_features
 from simclr.evaluate.inputs import prepare, write_result
 from simclr.evaluate.knn import topk_accuracy
-from simclr.evaluate.linear import train_classifier
+from simclr.evaluate.linear import steps_per_epoch, train_classifier
 from simclr.optim import scaled_lr
 from simclr.runtime import seeded
 
@@ -155,14 +155,14 @@ def finetune(
     data = train.subset(subset)
     n = len(data)
     bs = min(batch_size, n)
-    if bs < 2:
+    if bs < 2:  # the command's config refuses --batch-size 1 up front; this is the batch cut to the labelled images
         raise ConfigError(f"fine-tuning trains BatchNorm layers on batch statistics and needs batches of at least 2 images, "
                           f"got {bs} (--batch-size {batch_size}, {n} labelled images)")
     model = model.to(device).to(memory_format=torch.channels_last)
     lr = scaled_lr(base_lr, bs, "linear")
-    steps = epochs * max(1, n // bs)
+    steps = epochs * steps_per_epoch(n, bs)
     if steps < FEW_STEPS:
-        log(f"finetune: {steps} steps in all ({n} labelled images in batches of {bs}, {epochs} epochs) are few; a smaller "
+        log(f"finetune: {steps} steps in all ({n} labelled images in batches of {bs}, {epochs} epoch(s)) are few; a smaller "
             f"--batch-size or more --epochs usually fine-tunes better (docs/benchmarks.md, SimCLRv2 section)")
     model.train()
     train_classifier(model, list(model.parameters()), data, image_size, device, epochs, bs, lr, seed, log, "finetune")

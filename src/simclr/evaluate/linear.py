@@ -31,12 +31,17 @@ from simclr.optim import scaled_lr, set_lr, warmup_cosine
 from simclr.runtime import seeded
 
 __all__ = ["crop_flip", "lbfgs_on_features", "lbfgs_probe", "linear_eval_lbfgs", "linear_eval_sgd", "linear_evaluate", "linear_result",
-           "stratified_split", "train_classifier"]
+           "steps_per_epoch", "stratified_split", "train_classifier"]
 
 
 def crop_flip(image_size: int) -> SimCLRAugment:
     """Random resized crop + horizontal flip only (the evaluation protocols' training views)."""
     return SimCLRAugment(image_size, color=False, grayscale=False, blur=False)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimisation steps of one epoch of ``train_classifier`` over ``n`` images: full batches only, at least one."""
+    return max(1, n // batch_size)
 
 
 def train_classifier(logits_fn, params: list, data, image_size: int, device: torch.device, epochs: int, batch_size: int,
@@ -53,12 +58,12 @@ def train_classifier(logits_fn, params: list, data, image_size: int, device: tor
     gen = torch.Generator().manual_seed(seed)
     aug = crop_flip(image_size)
     n = len(data)
-    steps_per_epoch = max(1, n // batch_size)
-    total, step = epochs * steps_per_epoch, 0
+    per_epoch = steps_per_epoch(n, batch_size)
+    total, step = epochs * per_epoch, 0
     for epoch in range(epochs):
         order = torch.randperm(n, generator=gen)
         run = 0.0
-        for s in range(steps_per_epoch):
+        for s in range(per_epoch):
             idx = order[s * batch_size : (s + 1) * batch_size]
             set_lr(opt, warmup_cosine(step, total, 0, lr))
             with out_of_memory_as_error(f"training on batches of {len(idx)} images of {image_size}px on {device}"):
@@ -77,7 +82,7 @@ def train_classifier(logits_fn, params: list, data, image_size: int, device: tor
                                          f"lower the learning rate (--lr)")
             run += value
             step += 1
-        log(f"{name} epoch {epoch + 1}/{epochs}: loss {run / steps_per_epoch:.4f}")
+        log(f"{name} epoch {epoch + 1}/{epochs}: loss {run / per_epoch:.4f}")
 
 
 def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -87,9 +87,13 @@ class RunFolder:
             return resume and (os.path.lexists(self.checkpoint) or bool(self._kept()))
         if self.path.resolve() == Path(self.path.resolve().anchor):
             raise RunFolderError(f"refusing to use the filesystem root {self.path} as a run folder; choose a folder for the run")
-        self._made = [p for p in (self.path, *self.path.parents) if not os.path.lexists(p)]
-        self._check_writable()
-        self._lock()
+        self._made = _make_folders(self.path)
+        try:
+            self._check_writable()
+            self._lock()
+        except BaseException:
+            _remove_empty(self._made)
+            raise
         try:
             self._check_file_kinds()
             held = [name for name in ("checkpoint.pt", "metrics.jsonl", "config.yaml", "encoder.safetensors")
@@ -127,8 +131,7 @@ class RunFolder:
         try:
             if self._made and [p.name for p in self.path.iterdir()] == [".lock"]:
                 (self.path / ".lock").unlink()  # while still locked: no other process can be using the folder
-                for folder in self._made:
-                    folder.rmdir()  # fails (and stops) at a folder someone else has since put something in
+                _remove_empty(self._made)
         except OSError:
             pass
         finally:
@@ -292,6 +295,31 @@ class RunFolder:
                 _notice(f"{first_error}; resuming from the newest intact copy, {path} (epoch {state['epoch']})")
             return state
         raise RunFolderError(f"{first_error}; no intact copy is kept (train.keep_checkpoints); start again with --overwrite")
+
+
+def _make_folders(path: Path) -> list[Path]:
+    """Create ``path`` and its missing parents; the folders this call created, deepest first. Only a successful
+    ``mkdir`` counts: a folder that exists (one made meanwhile by another process, or one that "new/.." names once
+    "new" exists) is not ours. Stops at the first it cannot make: ``_check_writable`` says why."""
+    made = []
+    for p in reversed([p for p in (path, *path.parents) if not os.path.lexists(p)]):
+        try:
+            os.mkdir(p)
+        except FileExistsError:
+            continue
+        except OSError:
+            break
+        made.append(p)
+    return made[::-1]
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty; stop at the first that is not."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _check_state(state: dict, path: Path) -> None:
