@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import simclr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,8 +53,6 @@ def test_own_loop_example_trains_on_a_folder(tmp_path):
 
 
 def test_the_version_is_reported_and_recorded_in_every_run(tmp_path, capsys):
-    import pytest
-
     from simclr.checkpoint import load_checkpoint
     from simclr.cli import main
     from simclr.config import load_config
